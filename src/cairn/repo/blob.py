@@ -1,0 +1,81 @@
+"""A blob's journey into and out of its sealed form: compress (or not), seal, and back.
+
+Plaintext inside the seal: one flag byte (0 = stored raw, 1 = zstd frame) and the payload. The
+associated data is the blob's type byte and id, so a blob cannot be passed off as another.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import IntEnum
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
+
+from cairn.errors import DamagedObject
+from cairn.repo.crypto import BlobHasher, Sealer
+
+RAW = 0
+ZSTD = 1
+# Keep the compressed form only when it saves at least 1/32 of the bytes: below that the
+# decompression on every restore is not worth it.
+MIN_SAVING_SHIFT = 5
+# Bound a decompressed blob, so a malicious frame cannot exhaust memory.
+MAX_BLOB_SIZE = 1 << 30
+
+
+class BlobType(IntEnum):
+    DATA = 0
+    TREE = 1
+
+
+def blob_aad(blob_type: int, blob_id: bytes) -> bytes:
+    return bytes([blob_type]) + blob_id
+
+
+def seal_blob(
+    sealer: Sealer, hasher: BlobHasher, blob_type: int, blob_id: bytes, data: bytes | memoryview, level: int
+) -> bytes:
+    """Compress when it pays, seal, then open the result again and compare (verify before upload).
+
+    The check costs one decryption and decompression per blob; it turns a bug in a compression
+    or crypto library into an error now rather than a silently unrestorable backup later.
+    """
+    compressed = zstd.compress(data, level=level) if len(data) >= 64 else b""
+    if compressed and len(compressed) <= len(data) - (len(data) >> MIN_SAVING_SHIFT):
+        plaintext = bytes([ZSTD]) + compressed
+    else:
+        plaintext = bytes([RAW]) + bytes(data)
+    sealed = sealer.seal(plaintext, blob_aad(blob_type, blob_id))
+    check = open_blob(sealer, hasher, blob_type, blob_id, sealed)
+    if len(check) != len(data):
+        raise DamagedObject(f"blob {blob_id.hex()[:12]} did not verify before upload")
+    return sealed
+
+
+def open_blob(
+    sealer: Sealer, hasher: BlobHasher, blob_type: int, blob_id: bytes, sealed: bytes | memoryview
+) -> bytes:
+    """Authenticate, decompress and check the id: any damage raises DamagedObject."""
+    what = f"blob {blob_id.hex()[:12]}"
+    plaintext = sealer.open(sealed, blob_aad(blob_type, blob_id), what)
+    if not plaintext:
+        raise DamagedObject(f"{what} is damaged: empty plaintext")
+    flag = plaintext[0]
+    if flag == RAW:
+        data = plaintext[1:]
+    elif flag == ZSTD:
+        try:
+            decompressor = zstd.ZstdDecompressor()
+            data = decompressor.decompress(memoryview(plaintext)[1:], max_length=MAX_BLOB_SIZE)
+            if not decompressor.eof:
+                raise zstd.ZstdError("truncated or oversized frame")
+        except zstd.ZstdError as exc:
+            raise DamagedObject(f"{what} does not decompress: {exc}") from None
+    else:
+        raise DamagedObject(f"{what} has an unknown compression flag {flag}")
+    if hasher(data) != blob_id:
+        raise DamagedObject(f"{what} does not match its id")
+    return data

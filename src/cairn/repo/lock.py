@@ -1,0 +1,151 @@
+"""Locks: small sealed objects saying who works on the repository, and how.
+
+Backups take *shared* locks and never wait for each other. Only operations that must see no
+concurrent writer (for now: none in normal use; `repair index` and a forced prune later) take an
+*exclusive* lock. A lock is stale when it was not refreshed for STALE_AFTER seconds, or when it
+belongs to this host and its process is gone; stale locks are ignored and `unlock` removes them.
+
+Acquiring, for either kind: write our lock, then list the others; if one conflicts and is not
+stale, delete ours and fail. Two exclusive lockers racing may both back off, never both win.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cairn.errors import DamagedObject, ObjectMissing, RepositoryLocked
+from cairn.repo import encoding
+from cairn.storage.base import Backend
+
+LOCK_FORMAT = 1
+REFRESH_EVERY = 5 * 60
+STALE_AFTER = 30 * 60
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    id: str
+    exclusive: bool
+    host: str
+    pid: int
+    user: str
+    time_ns: int
+    refreshed_ns: int
+    command: str
+
+    def is_stale(self, now_ns: int | None = None) -> bool:
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        if now_ns - self.refreshed_ns > STALE_AFTER * 1_000_000_000:
+            return True
+        return self.host == socket.gethostname() and not _process_alive(self.pid)
+
+    def describe(self) -> str:
+        age = max(0, (time.time_ns() - self.time_ns) // 1_000_000_000)
+        kind = "exclusive" if self.exclusive else "shared"
+        return f"{kind} lock by {self.user}@{self.host} pid {self.pid} ({self.command}), {age}s old"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_lock(lock_id: str, exclusive: bool, command: str) -> LockInfo:
+    now = time.time_ns()
+    return LockInfo(lock_id, exclusive, socket.gethostname(), os.getpid(), getpass.getuser(), now, now, command)
+
+
+def encode(lock: LockInfo) -> bytes:
+    return encoding.pack(
+        {
+            "v": LOCK_FORMAT, "exclusive": lock.exclusive, "host": lock.host, "pid": lock.pid,
+            "user": lock.user, "time": lock.time_ns, "refreshed": lock.refreshed_ns, "command": lock.command,
+        }
+    )
+
+
+def decode(plaintext: bytes, lock_id: str) -> LockInfo:
+    what = f"lock {lock_id[:8]}"
+    obj = encoding.unpack_map(plaintext, what)
+    if encoding.field(obj, "v", int, what) != LOCK_FORMAT:
+        raise DamagedObject(f"{what} has an unknown lock format")
+    return LockInfo(
+        id=lock_id,
+        exclusive=encoding.field(obj, "exclusive", bool, what),
+        host=encoding.field(obj, "host", str, what),
+        pid=encoding.field(obj, "pid", int, what),
+        user=encoding.field(obj, "user", str, what),
+        time_ns=encoding.field(obj, "time", int, what),
+        refreshed_ns=encoding.field(obj, "refreshed", int, what),
+        command=encoding.field(obj, "command", str, what),
+    )
+
+
+def conflicts(mine: LockInfo, other: LockInfo) -> bool:
+    return mine.id != other.id and (mine.exclusive or other.exclusive)
+
+
+class LockManager:
+    """Takes, refreshes and releases one lock object; used through `Repository.lock()`."""
+
+    def __init__(
+        self,
+        store_sealed: Callable[[str, str, bytes], None],
+        load_sealed: Callable[[str, str], bytes],
+        backend: Backend,
+    ) -> None:
+        self._store = store_sealed
+        self._load = load_sealed
+        self._backend = backend
+
+    def list_locks(self) -> list[LockInfo]:
+        locks = []
+        for info in self._backend.list("locks/"):
+            lock_id = info.name.rsplit("/", 1)[-1]
+            try:
+                locks.append(decode(self._load("locks", lock_id), lock_id))
+            except ObjectMissing:
+                continue  # released while we listed
+            except DamagedObject:
+                continue  # an unreadable lock cannot block anyone; `check` reports it
+        return locks
+
+    def acquire(self, exclusive: bool, command: str) -> LockInfo:
+        mine = new_lock(os.urandom(32).hex(), exclusive, command)
+        self._store("locks", mine.id, encode(mine))
+        for other in self.list_locks():
+            if conflicts(mine, other) and not other.is_stale():
+                self.release(mine)
+                raise RepositoryLocked(
+                    f"repository is locked: {other.describe()}; if that process is gone, run 'cairn unlock'"
+                )
+        return mine
+
+    def refresh(self, lock: LockInfo) -> LockInfo:
+        fresh = LockInfo(**{**lock.__dict__, "refreshed_ns": time.time_ns()})
+        self._store("locks", lock.id, encode(fresh))
+        return fresh
+
+    def release(self, lock: LockInfo) -> None:
+        try:
+            self._backend.delete(f"locks/{lock.id}")
+        except ObjectMissing:
+            pass
+
+    def remove_stale(self, remove_all: bool = False) -> list[LockInfo]:
+        removed = []
+        for other in self.list_locks():
+            if remove_all or other.is_stale():
+                self.release(other)
+                removed.append(other)
+        return removed

@@ -1,0 +1,114 @@
+"""Pack objects: many sealed blobs in one object, with a sealed header at the end.
+
+Layout (docs/FORMAT.md, "Packs"): ``blob_0 || ... || blob_n-1 || sealed header || u32 length``.
+The header lists every blob (type, id, sealed length, plaintext length) in order, so a lost index
+can be rebuilt from the packs alone, and since the blobs' lengths must add up to the header's
+offset, every byte of a pack is covered by some authentication tag.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from cairn.errors import DamagedObject
+from cairn.repo.crypto import OVERHEAD, Sealer
+
+PACK_FORMAT = 1
+HEADER_START = struct.Struct(">BI")  # format, count
+RECORD = struct.Struct(">B32sII")  # type, id, sealed length, plaintext length
+TRAILER = struct.Struct(">I")  # sealed header length
+MAX_HEADER = HEADER_START.size + RECORD.size * 1_000_000 + OVERHEAD
+
+
+def new_pack_id() -> bytes:
+    """Random, not content-derived: writers on many hosts never collide and need no lock."""
+    return os.urandom(32)
+
+
+def object_name(pack_id: bytes) -> str:
+    hex_id = pack_id.hex()
+    return f"data/{hex_id[:2]}/{hex_id}"
+
+
+def header_aad(pack_id: bytes) -> bytes:
+    return f"data/{pack_id.hex()}".encode()
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """One blob as a pack header and the index record it: where, how long, what."""
+
+    blob_type: int
+    blob_id: bytes
+    offset: int
+    length: int
+    raw_length: int
+
+
+class PackBuilder:
+    """Collects sealed blobs in memory until the pack is full enough to upload."""
+
+    def __init__(self) -> None:
+        self.pack_id = new_pack_id()
+        self._buffer = bytearray()
+        self.entries: list[PackEntry] = []
+
+    @property
+    def size(self) -> int:
+        return len(self._buffer)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> PackEntry:
+        entry = PackEntry(blob_type, blob_id, len(self._buffer), len(sealed), raw_length)
+        self._buffer += sealed
+        self.entries.append(entry)
+        return entry
+
+    def finish(self, sealer: Sealer) -> bytes:
+        """The complete pack object's bytes."""
+        header = bytearray(HEADER_START.pack(PACK_FORMAT, len(self.entries)))
+        for e in self.entries:
+            header += RECORD.pack(e.blob_type, e.blob_id, e.length, e.raw_length)
+        sealed = sealer.seal(header, header_aad(self.pack_id))
+        return bytes(self._buffer + sealed + TRAILER.pack(len(sealed)))
+
+
+def header_tail_size(pack_size: int) -> int:
+    """How many bytes to read from a pack's end to most likely get the whole header in one go."""
+    return min(pack_size, 64 * 1024)
+
+
+def parse_header(pack_id: bytes, tail: bytes, pack_size: int, sealer: Sealer) -> list[PackEntry] | int:
+    """Parse the header from the last bytes of a pack.
+
+    Returns the entries, or, when `tail` is too short to hold the header, the number of
+    trailing bytes needed. Any inconsistency raises DamagedObject naming the pack.
+    """
+    what = f"pack {pack_id.hex()[:12]}"
+    if pack_size < TRAILER.size or len(tail) < TRAILER.size:
+        raise DamagedObject(f"{what} is damaged: too short")
+    (sealed_len,) = TRAILER.unpack_from(tail, len(tail) - TRAILER.size)
+    if sealed_len > MAX_HEADER or sealed_len + TRAILER.size > pack_size:
+        raise DamagedObject(f"{what} is damaged: header length {sealed_len} is impossible")
+    if sealed_len + TRAILER.size > len(tail):
+        return sealed_len + TRAILER.size
+    start = len(tail) - TRAILER.size - sealed_len
+    header = sealer.open(tail[start : len(tail) - TRAILER.size], header_aad(pack_id), f"{what} header")
+    if len(header) < HEADER_START.size:
+        raise DamagedObject(f"{what} header is damaged: too short")
+    version, count = HEADER_START.unpack_from(header)
+    if version != PACK_FORMAT or len(header) != HEADER_START.size + count * RECORD.size:
+        raise DamagedObject(f"{what} header is damaged: unknown format or wrong length")
+    entries: list[PackEntry] = []
+    offset = 0
+    for i in range(count):
+        blob_type, blob_id, length, raw_length = RECORD.unpack_from(header, HEADER_START.size + i * RECORD.size)
+        entries.append(PackEntry(blob_type, blob_id, offset, length, raw_length))
+        offset += length
+    if offset + sealed_len + TRAILER.size != pack_size:
+        raise DamagedObject(f"{what} is damaged: its blobs do not fill it exactly")
+    return entries

@@ -1,0 +1,269 @@
+"""The repository: blobs in, blobs out, snapshots, keys and locks over one storage backend.
+
+Write order (docs/FORMAT.md, "Order of writes"): packs, then the index objects naming them,
+then the snapshot. An interruption at any point leaves only unreferenced objects behind, which
+the next backup reuses once their index is written, or prune removes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from cairn.errors import NotFound, ObjectMissing, RepositoryNotFound, UsageError, WrongPassword
+from cairn.repo import config as config_mod
+from cairn.repo import index as index_mod
+from cairn.repo import keys as keys_mod
+from cairn.repo import lock as lock_mod
+from cairn.repo import snapshot as snapshot_mod
+from cairn.repo.blob import open_blob, seal_blob
+from cairn.repo.crypto import BlobHasher, MasterKey, Sealer
+from cairn.repo.index import BlobIndex, IndexEntry
+from cairn.repo.pack import PackBuilder, PackEntry, object_name, parse_header, header_tail_size
+from cairn.repo.snapshot import Snapshot
+from cairn.storage.base import Backend
+
+# Write an index object at least every this many packs, so an interrupted backup loses little.
+INDEX_EVERY_PACKS = 64
+
+
+def _split_name(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+class Repository:
+    """An open repository. Create with `Repository.init` or `Repository.open`."""
+
+    def __init__(self, backend: Backend, master: MasterKey, key_id: str, config: config_mod.RepoConfig) -> None:
+        self.backend = backend
+        self.master = master
+        self.key_id = key_id
+        self.sealer = Sealer(master.data_key)
+        self.hasher = BlobHasher(master.id_key)
+        self.config = config
+        self.index = BlobIndex()
+        self._index_loaded = False
+        self._mutex = threading.Lock()
+        self._builder = PackBuilder()
+        self._in_flight: set[bytes] = set()
+        self._unsaved: list[tuple[bytes, list[PackEntry]]] = []
+        self.locks = lock_mod.LockManager(self.store_object, self.load_object, backend)
+
+    # -- creating and opening ------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls, backend: Backend, password: bytes, kdf: keys_mod.KdfParams | None = None, **config: object
+    ) -> Repository:
+        try:
+            backend.stat("config")
+        except ObjectMissing:
+            pass
+        else:
+            raise UsageError(f"a repository already exists at {backend.properties.location}")
+        master = MasterKey.generate()
+        repo = cls(backend, master, "", config_mod.RepoConfig.new(**config))
+        repo.key_id = repo.add_key(password, kdf or keys_mod.KdfParams())
+        backend.store("config", config_mod.encode(repo.config, repo.sealer))
+        return repo
+
+    @classmethod
+    def open(cls, backend: Backend, password: bytes) -> Repository:
+        try:
+            raw_config = backend.load("config")
+        except ObjectMissing:
+            raise RepositoryNotFound(
+                f"no repository at {backend.properties.location}: run 'cairn init' first"
+            ) from None
+        config_mod.read_version(raw_config)
+        key_ids = [_split_name(o.name) for o in backend.list("keys/")]
+        for key_id in key_ids:
+            master = keys_mod.unwrap(backend.load(f"keys/{key_id}"), key_id, password)
+            if master is not None:
+                config = config_mod.decode(raw_config, Sealer(master.data_key))
+                return cls(backend, master, key_id, config)
+        if not key_ids:
+            raise RepositoryNotFound(f"the repository at {backend.properties.location} has no keys")
+        raise WrongPassword("wrong password: no key of this repository opens with it")
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def add_key(self, password: bytes, kdf: keys_mod.KdfParams | None = None) -> str:
+        key_id = os.urandom(32).hex()
+        self.backend.store(f"keys/{key_id}", keys_mod.wrap(self.master, password, key_id, kdf or keys_mod.KdfParams()))
+        return key_id
+
+    def list_keys(self) -> list[keys_mod.KeyInfo]:
+        infos = []
+        for obj in self.backend.list("keys/"):
+            key_id = _split_name(obj.name)
+            infos.append(keys_mod.parse(self.backend.load(obj.name), key_id)[0])
+        return sorted(infos, key=lambda k: k.created_ns)
+
+    def remove_key(self, key_id: str) -> None:
+        if key_id == self.key_id:
+            raise UsageError("refusing to remove the key in use; open the repository with another password first")
+        self.backend.delete(f"keys/{key_id}")
+
+    # -- sealed objects ---------------------------------------------------------------------
+
+    def store_object(self, kind: str, object_id: str, plaintext: bytes) -> None:
+        self.backend.store(f"{kind}/{object_id}", self.sealer.seal(plaintext, f"{kind}/{object_id}".encode()))
+
+    def load_object(self, kind: str, object_id: str) -> bytes:
+        sealed = self.backend.load(f"{kind}/{object_id}")
+        return self.sealer.open(sealed, f"{kind}/{object_id}".encode(), f"{kind[:-1] if kind.endswith('s') else kind} {object_id[:8]}")
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def load_index(self) -> None:
+        """Read every index object once; superseded ones are skipped."""
+        if self._index_loaded:
+            return
+        contents = {}
+        superseded: set[bytes] = set()
+        for obj in self.backend.list("index/"):
+            index_id = _split_name(obj.name)
+            packs, supersedes = index_mod.decode_index(self.load_object("index", index_id), f"index {index_id[:8]}")
+            contents[bytes.fromhex(index_id)] = packs
+            superseded.update(supersedes)
+        for index_id, packs in contents.items():
+            if index_id not in superseded:
+                for pack_id, records in packs:
+                    self.index.add_records(pack_id, records)
+        self.index.compact()
+        self._index_loaded = True
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return self.hasher(data)
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        with self._mutex:
+            return blob_id in self._in_flight or blob_id in self.index
+
+    def save_blob(self, blob_type: int, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, bool]:
+        """Store a blob unless the repository has it; returns (id, whether it was new).
+
+        Thread-safe: callers may compress and encrypt in several threads at once.
+        """
+        self.load_index()
+        blob_id = blob_id or self.hasher(data)
+        if self.has_blob(blob_id):
+            return blob_id, False
+        sealed = seal_blob(self.sealer, self.hasher, blob_type, blob_id, data, self.config.compression_level)
+        full = None
+        with self._mutex:
+            if blob_id in self._in_flight or blob_id in self.index:
+                return blob_id, False
+            self._in_flight.add(blob_id)
+            self._builder.add(blob_type, blob_id, sealed, len(data))
+            if self._builder.size >= self.config.pack_size:
+                full, self._builder = self._builder, PackBuilder()
+        if full is not None:
+            self._upload(full)
+        return blob_id, True
+
+    def _upload(self, builder: PackBuilder) -> None:
+        self.backend.store(object_name(builder.pack_id), builder.finish(self.sealer))
+        with self._mutex:
+            for entry in builder.entries:
+                self.index.add(builder.pack_id, entry)
+                self._in_flight.discard(entry.blob_id)
+            self._unsaved.append((builder.pack_id, builder.entries))
+            write_index = len(self._unsaved) >= INDEX_EVERY_PACKS
+        if write_index:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        with self._mutex:
+            unsaved, self._unsaved = self._unsaved, []
+        if unsaved:
+            self.store_object("index", index_mod.new_index_id().hex(), index_mod.encode_index(unsaved))
+
+    def flush(self) -> None:
+        """Upload the partial pack and write the index: call before saving a snapshot."""
+        with self._mutex:
+            builder, self._builder = self._builder, PackBuilder()
+        if len(builder):
+            self._upload(builder)
+        self._write_index()
+
+    def lookup(self, blob_id: bytes) -> IndexEntry:
+        self.load_index()
+        entry = self.index.lookup(blob_id)
+        if entry is None:
+            raise NotFound(f"blob {blob_id.hex()[:12]} is not in the index")
+        return entry
+
+    def load_blob(self, blob_id: bytes) -> bytes:
+        entry = self.lookup(blob_id)
+        sealed = self.backend.load(object_name(entry.pack_id), entry.offset, entry.length)
+        return open_blob(self.sealer, self.hasher, entry.blob_type, blob_id, sealed)
+
+    def read_pack_header(self, pack_id: bytes, pack_size: int) -> list[PackEntry]:
+        name = object_name(pack_id)
+        tail_len = header_tail_size(pack_size)
+        tail = self.backend.load(name, pack_size - tail_len, tail_len)
+        result = parse_header(pack_id, tail, pack_size, self.sealer)
+        if isinstance(result, int):
+            tail = self.backend.load(name, pack_size - result, result)
+            result = parse_header(pack_id, tail, pack_size, self.sealer)
+        assert not isinstance(result, int)
+        return result
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def save_snapshot(self, snap: Snapshot) -> bytes:
+        snap.id = os.urandom(32)
+        self.store_object("snapshots", snap.id.hex(), snapshot_mod.encode(snap))
+        return snap.id
+
+    def load_snapshot(self, snapshot_id: bytes) -> Snapshot:
+        return snapshot_mod.decode(self.load_object("snapshots", snapshot_id.hex()), snapshot_id)
+
+    def snapshot_ids(self) -> list[bytes]:
+        return [bytes.fromhex(_split_name(o.name)) for o in self.backend.list("snapshots/")]
+
+    def list_snapshots(self) -> list[Snapshot]:
+        return sorted((self.load_snapshot(i) for i in self.snapshot_ids()), key=lambda s: s.time_ns)
+
+    def find_snapshot(self, ref: str) -> Snapshot:
+        """A snapshot by full id, unique prefix of at least 4 hex digits, or `latest`."""
+        if ref == "latest":
+            snaps = self.list_snapshots()
+            if not snaps:
+                raise NotFound("the repository has no snapshots yet")
+            return snaps[-1]
+        ref = ref.lower()
+        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+            raise UsageError(f"{ref!r} is not a snapshot id: give at least 4 hex digits or 'latest'")
+        matches = [i for i in self.snapshot_ids() if i.hex().startswith(ref)]
+        if not matches:
+            raise NotFound(f"no snapshot {ref}")
+        if len(matches) > 1:
+            raise NotFound(f"snapshot id {ref} is ambiguous: {len(matches)} snapshots start with it")
+        return self.load_snapshot(matches[0])
+
+    # -- locks -------------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, exclusive: bool = False, command: str = "") -> Iterator[lock_mod.LockInfo]:
+        """Hold a lock for the block, refreshing it in the background so it never looks stale."""
+        held = self.locks.acquire(exclusive, command)
+        stop = threading.Event()
+
+        def refresher() -> None:
+            nonlocal held
+            while not stop.wait(lock_mod.REFRESH_EVERY):
+                held = self.locks.refresh(held)
+
+        thread = threading.Thread(target=refresher, name="cairn-lock-refresh", daemon=True)
+        thread.start()
+        try:
+            yield held
+        finally:
+            stop.set()
+            thread.join()
+            self.locks.release(held)

@@ -68,6 +68,8 @@ class StorageError(CairnError):
     """The storage failed: unreachable, full, read-only, or an object is missing."""
 
     exit_code = 16
+    transient = False
+    """Whether trying again may help (a timeout, a dropped connection); a retry wrapper reads it."""
 
 
 class ObjectMissing(StorageError):

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from cairn.errors import CairnError
+from cairn.errors import CairnError, StorageError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
 
@@ -57,6 +57,31 @@ def check_name(name: str) -> str:
     if not NAME_RE.match(name) or len(name) > 255:
         raise ValueError(f"invalid object name {name!r}")
     return name
+
+
+def check_size(name: str, size: int, limit: int = MAX_OBJECT_SIZE) -> None:
+    """Refuse an oversize object before any byte is written, so no backend holds one."""
+    if size > limit:
+        raise StorageError(
+            f"cannot store {name}: {size} bytes is more than the {limit} bytes an object may hold"
+        )
+
+
+def check_range(name: str, offset: int, length: int | None, size: int) -> int:
+    """Validate a read range against the object's size and return its end.
+
+    Shared by every backend so that "past the end" means the same everywhere: a range must lie
+    inside the object (a zero-length read at the very end is fine), otherwise `StorageError`.
+    """
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError(f"negative offset or length reading {name}")
+    end = size if length is None else offset + length
+    if offset > size or end > size:
+        shown = "to the end" if length is None else f"{length} bytes"
+        raise StorageError(
+            f"cannot read {shown} at offset {offset} of {name}: it holds only {size} bytes"
+        )
+    return end
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cairn.errors import NotFound, ObjectMissing, RepositoryNotFound, UsageError, WrongPassword
+from cairn.errors import DamagedObject, NotFound, ObjectMissing, RepositoryNotFound, UsageError, WrongPassword
 from cairn.repo import config as config_mod
 from cairn.repo import index as index_mod
 from cairn.repo import keys as keys_mod
@@ -79,13 +79,21 @@ class Repository:
             ) from None
         config_mod.read_version(raw_config)
         key_ids = [_split_name(o.name) for o in backend.list("keys/")]
+        damaged: DamagedObject | None = None
         for key_id in key_ids:
-            master = keys_mod.unwrap(backend.load(f"keys/{key_id}"), key_id, password)
+            try:
+                master = keys_mod.unwrap(backend.load(f"keys/{key_id}"), key_id, password)
+            except DamagedObject as exc:
+                # One damaged key object must not lock out the passwords of the others.
+                damaged = damaged or exc
+                continue
             if master is not None:
                 config = config_mod.decode(raw_config, Sealer(master.data_key))
                 return cls(backend, master, key_id, config)
         if not key_ids:
             raise RepositoryNotFound(f"the repository at {backend.properties.location} has no keys")
+        if damaged is not None:
+            raise DamagedObject(f"{damaged.message}; no other key opens with this password")
         raise WrongPassword("wrong password: no key of this repository opens with it")
 
     # -- keys ------------------------------------------------------------------------------
@@ -200,7 +208,11 @@ class Repository:
     def load_blob(self, blob_id: bytes) -> bytes:
         entry = self.lookup(blob_id)
         sealed = self.backend.load(object_name(entry.pack_id), entry.offset, entry.length)
-        return open_blob(self.sealer, self.hasher, entry.blob_type, blob_id, sealed)
+        try:
+            return open_blob(self.sealer, self.hasher, entry.blob_type, blob_id, sealed)
+        except DamagedObject as exc:
+            # Name the pack too: it is the object a user (or `check`) can look at.
+            raise DamagedObject(f"pack {entry.pack_id.hex()[:12]}: {exc.message}") from None
 
     def read_pack_header(self, pack_id: bytes, pack_size: int) -> list[PackEntry]:
         name = object_name(pack_id)

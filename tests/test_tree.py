@@ -1,0 +1,102 @@
+"""The tree blob codec: round trip, determinism, forward compatibility, hostile input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cairn.errors import DamagedObject
+from cairn.files.tree import Node, decode_tree, encode_tree
+from cairn.repo import encoding
+
+ID_A = bytes(range(32))
+ID_B = bytes(range(1, 33))
+
+
+def sample_nodes() -> list[Node]:
+    return [
+        Node(name=b"zeta", type="dir", mode=0o755, uid=1000, gid=1000, user="u", group="g",
+             mtime=1_600_000_000_123_456_789, atime=-5, ctime=7, subtree=ID_A),
+        Node(name=b"caf\xe9", type="file", mode=0o4750, uid=0, gid=0, user="", group="",
+             mtime=1, atime=2, ctime=3, size=123, content=[ID_A, ID_B, ID_A]),
+        Node(name=b"empty", type="file", mode=0o600, size=0, content=[]),
+    ]
+
+
+def entry(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": b"f", "type": "file", "mode": 0o644, "uid": 1, "gid": 2, "user": "a", "group": "b",
+        "mtime": 10, "atime": 11, "ctime": 12, "size": 0, "content": [],
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+def raw_tree(*entries: dict[str, Any], **top: Any) -> bytes:
+    return encoding.pack({"v": 1, "entries": list(entries), **top})
+
+
+def test_round_trip_sorts_by_raw_name_bytes() -> None:
+    nodes = sample_nodes()
+    decoded = decode_tree(encode_tree(nodes), "tree")
+    assert [n.name for n in decoded] == [b"caf\xe9", b"empty", b"zeta"]
+    assert decoded == sorted(nodes, key=lambda n: n.name)
+
+
+def test_encoding_is_deterministic_so_equal_folders_dedup() -> None:
+    nodes = sample_nodes()
+    assert encode_tree(nodes) == encode_tree(list(reversed(nodes)))
+
+
+def test_unknown_keys_and_types_are_kept_readable() -> None:
+    data = raw_tree(
+        entry(name=b"a", xattrs={"user.x": b"1"}, future=[1, 2]),
+        entry(name=b"link", type="symlink", size=..., content=..., target=b"/etc/passwd"),
+        added_later="ignored",
+    )
+    a, link = decode_tree(data, "tree")
+    assert a == Node(name=b"a", type="file", mode=0o644, uid=1, gid=2, user="a", group="b",
+                     mtime=10, atime=11, ctime=12)
+    assert link.type == "symlink" and link.content == [] and link.subtree is None
+
+
+@pytest.mark.parametrize("name", [b"..", b".", b"a/b", b"/", b"", b"a\0b", "text-not-bytes", None])
+def test_names_that_could_escape_are_refused(name: object) -> None:
+    with pytest.raises(DamagedObject, match="name"):
+        decode_tree(raw_tree(entry(name=name)), "tree 1234")
+
+
+@pytest.mark.parametrize("name", [b"..", b"a/b", b""])
+def test_encoder_refuses_bad_names_too(name: bytes) -> None:
+    with pytest.raises(ValueError):
+        encode_tree([Node(name=name, type="file")])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        raw_tree(entry(mode="0644")),
+        raw_tree(entry(mode=0o10000)),
+        raw_tree(entry(uid=-1)),
+        raw_tree(entry(mtime=1.5)),
+        raw_tree(entry(user=b"bytes")),
+        raw_tree(entry(size=-1)),
+        raw_tree(entry(content=[b"short"])),
+        raw_tree(entry(content=b"x" * 32)),
+        raw_tree(entry(type="dir", size=..., content=...)),  # no subtree
+        raw_tree(entry(type="dir", subtree=b"x" * 31)),
+        raw_tree(entry(type="")),
+        raw_tree(entry(uid=True)),
+        raw_tree(entry(name=b"b"), entry(name=b"a")),  # unsorted
+        raw_tree(entry(name=b"a"), entry(name=b"a")),  # duplicate
+        raw_tree("not a map"),
+        encoding.pack({"v": 2, "entries": []}),
+        encoding.pack({"v": 1, "entries": {}}),
+        encoding.pack([1, 2]),
+        b"\xc1garbage",
+    ],
+)
+def test_malformed_trees_are_damaged_objects(bad: bytes) -> None:
+    with pytest.raises(DamagedObject):
+        decode_tree(bad, "tree 1234")

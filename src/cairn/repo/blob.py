@@ -72,6 +72,8 @@ def open_blob(
             data = decompressor.decompress(memoryview(plaintext)[1:], max_length=MAX_BLOB_SIZE)
             if not decompressor.eof:
                 raise zstd.ZstdError("truncated or oversized frame")
+            if decompressor.unused_data:
+                raise zstd.ZstdError("bytes after the frame")  # exactly one frame (FORMAT.md §6)
         except zstd.ZstdError as exc:
             raise DamagedObject(f"{what} does not decompress: {exc}") from None
     else:

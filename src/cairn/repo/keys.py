@@ -86,7 +86,7 @@ def parse(data: bytes, key_id: str) -> tuple[KeyInfo, bytes, bytes]:
         memory_kib=encoding.field(obj, "memory_kib", int, what),
         lanes=encoding.field(obj, "lanes", int, what),
     )
-    if not (1 <= kdf.iterations <= 100 and 8 <= kdf.memory_kib <= 16 * 1024 * 1024 and 1 <= kdf.lanes <= 64):
+    if not (1 <= kdf.iterations <= 100 and 1 <= kdf.lanes <= 64 and 8 * kdf.lanes <= kdf.memory_kib <= 16 * 1024 * 1024):
         raise DamagedObject(f"{what} asks for Argon2id parameters out of range")
     info = KeyInfo(
         id=key_id,

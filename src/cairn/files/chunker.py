@@ -3,8 +3,9 @@ near the start of a file moves only the chunks around it and the rest still dedu
 
 FastCDC (2020) with the repository's secret seed mixed into the gear table: without the seed
 an observer of chunk sizes could test whether a known file is in the repository. The cut points
-are part of the format (they decide which blobs exist): normalization level 1 and pyfastcdc's
-rounding of the average size to a power of two (2**round(log2(avg))) are fixed here.
+are part of the format (they decide which blobs exist): all parameters, normalization included,
+come from the repository's config, whose average size is always a power of two (pyfastcdc
+would round any other value).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from pyfastcdc import FastCDC
 
 from cairn.errors import DamagedObject
 from cairn.repo.config import ChunkerParams
-
-NORMALIZATION = 1
 
 
 class RawReader(Protocol):
@@ -49,7 +48,7 @@ class Chunker:
                 params.avg_size,
                 min_size=params.min_size,
                 max_size=params.max_size,
-                normalized_chunking=NORMALIZATION,
+                normalized_chunking=params.normalization,
                 seed=params.seed,
             )
         except ValueError as exc:

@@ -22,12 +22,29 @@ HEADER = struct.Struct(">8sH")  # magic, format version
 
 @dataclass(frozen=True)
 class ChunkerParams:
-    """FastCDC (2020) sizes and the secret seed that keeps chunk boundaries private."""
+    """FastCDC (2020) sizes and the secret seed that keeps chunk boundaries private.
+
+    `avg_size` is the power of two the cut mask is built from (pyfastcdc rounds any other value
+    to one, so only powers of two are allowed, to keep the stored value exact). Measured real
+    average on random data with the defaults: 1.19 MiB.
+    """
 
     min_size: int = 256 * 1024
-    avg_size: int = 768 * 1024
+    avg_size: int = 1024 * 1024
     max_size: int = 4 * 1024 * 1024
+    normalization: int = 1
     seed: int = field(default_factory=lambda: int.from_bytes(os.urandom(8), "big") >> 1)
+
+    def __post_init__(self) -> None:
+        ok = (
+            64 <= self.min_size <= self.avg_size <= self.max_size <= 16 * 1024 * 1024
+            and self.avg_size & (self.avg_size - 1) == 0
+            and self.min_size <= 1024 * 1024
+            and 0 <= self.normalization <= 3
+            and 0 <= self.seed < 2**63
+        )
+        if not ok:
+            raise DamagedObject(f"unusable chunker parameters: {self}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,7 @@ def encode(config: RepoConfig, sealer: Sealer) -> bytes:
                 "min": config.chunker.min_size,
                 "avg": config.chunker.avg_size,
                 "max": config.chunker.max_size,
+                "normalization": config.chunker.normalization,
                 "seed": config.chunker.seed,
             },
             "compression": {"algorithm": "zstd", "level": config.compression_level},
@@ -98,6 +116,7 @@ def decode(data: bytes, sealer: Sealer) -> RepoConfig:
         min_size=encoding.field(chunker, "min", int, what),
         avg_size=encoding.field(chunker, "avg", int, what),
         max_size=encoding.field(chunker, "max", int, what),
+        normalization=encoding.field(chunker, "normalization", int, what),
         seed=encoding.field(chunker, "seed", int, what),
     )
     return RepoConfig(

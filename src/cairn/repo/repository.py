@@ -45,6 +45,7 @@ class Repository:
         self.config = config
         self.index = BlobIndex()
         self._index_loaded = False
+        self._index_lock = threading.Lock()
         self._mutex = threading.Lock()
         self._builder = PackBuilder()
         self._in_flight: set[bytes] = set()
@@ -127,9 +128,12 @@ class Repository:
     # -- blobs -------------------------------------------------------------------------------
 
     def load_index(self) -> None:
-        """Read every index object once; superseded ones are skipped."""
-        if self._index_loaded:
-            return
+        """Read every index object once; superseded ones are skipped. Thread-safe."""
+        with self._index_lock:
+            if not self._index_loaded:
+                self._load_index()
+
+    def _load_index(self) -> None:
         contents = {}
         superseded: set[bytes] = set()
         for obj in self.backend.list("index/"):
@@ -148,6 +152,7 @@ class Repository:
         return self.hasher(data)
 
     def has_blob(self, blob_id: bytes) -> bool:
+        self.load_index()
         with self._mutex:
             return blob_id in self._in_flight or blob_id in self.index
 

@@ -1,0 +1,357 @@
+"""The repository as a user of the format relies on it: keys, blobs, snapshots, locks, failures."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+
+from cairn.errors import (
+    DamagedObject,
+    NotFound,
+    RepositoryLocked,
+    RepositoryNotFound,
+    StorageFull,
+    UnsupportedVersion,
+    UsageError,
+    WrongPassword,
+)
+from cairn.files.tree import Node, decode_tree, encode_tree
+from cairn.ops.check import CheckOptions, check
+from cairn.repo import lock as lock_mod
+from cairn.repo import snapshot as snapshot_mod
+from cairn.repo.blob import ZSTD, BlobType, blob_aad, open_blob
+from cairn.repo.crypto import OVERHEAD
+from cairn.repo.keys import KdfParams
+from cairn.repo.repository import Repository
+from cairn.repo.snapshot import Snapshot
+from cairn.storage.base import Backend
+from cairn.testing.faulty import FaultyBackend, SimulatedCrash
+from cairn.testing.memory import MemoryBackend
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
+
+FAST_KDF = KdfParams(iterations=1, memory_kib=8, lanes=1)
+MiB = 1024 * 1024
+
+
+def init(backend: Backend | None = None, password: bytes = b"pw", **config: object) -> Repository:
+    return Repository.init(backend or MemoryBackend(), password, FAST_KDF, **config)
+
+
+def save_files(repo: Repository, files: dict[bytes, bytes], time_ns: int | None = None) -> Snapshot:
+    """A one-folder snapshot of `files` (name -> content), written in the format's order."""
+    nodes = []
+    for name, content in files.items():
+        blob_id, _ = repo.save_blob(BlobType.DATA, content)
+        nodes.append(Node(name, "file", size=len(content), content=[blob_id]))
+    root, _ = repo.save_blob(BlobType.TREE, encode_tree(nodes))
+    repo.flush()
+    snap = Snapshot("files", root, [b"/data"], "host", "user", **({"time_ns": time_ns} if time_ns else {}))
+    repo.save_snapshot(snap)
+    return snap
+
+
+def read_files(repo: Repository, snap: Snapshot) -> dict[bytes, bytes]:
+    """What a restore of a one-folder snapshot gives back."""
+    return {
+        n.name: b"".join(repo.load_blob(b) for b in n.content)
+        for n in decode_tree(repo.load_blob(snap.root), "tree")
+    }
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def test_init_then_open_with_the_password() -> None:
+    backend = MemoryBackend()
+    repo = init(backend)
+    opened = Repository.open(backend, b"pw")
+    assert opened.config.id == repo.config.id
+    assert opened.master == repo.master
+
+
+def test_init_twice_is_refused() -> None:
+    backend = MemoryBackend()
+    init(backend)
+    with pytest.raises(UsageError, match="a repository already exists"):
+        init(backend)
+
+
+def test_open_where_there_is_no_repository() -> None:
+    with pytest.raises(RepositoryNotFound, match="run 'cairn init' first"):
+        Repository.open(MemoryBackend(), b"pw")
+
+
+def test_each_of_two_passwords_opens_it_and_a_removed_one_no_longer_does() -> None:
+    backend = MemoryBackend()
+    repo = init(backend, b"first")
+    second = repo.add_key(b"second", FAST_KDF)
+    assert len(repo.list_keys()) == 2
+    assert Repository.open(backend, b"first").master == repo.master
+    assert Repository.open(backend, b"second").master == repo.master
+    repo.remove_key(second)
+    assert [k.id for k in repo.list_keys()] == [repo.key_id]
+    with pytest.raises(WrongPassword):
+        Repository.open(backend, b"second")
+    assert Repository.open(backend, b"first").master == repo.master
+
+
+def test_the_key_in_use_cannot_be_removed() -> None:
+    repo = init()
+    with pytest.raises(UsageError, match="key in use"):
+        repo.remove_key(repo.key_id)
+
+
+def test_a_wrong_password_says_so() -> None:
+    backend = MemoryBackend()
+    init(backend)
+    with pytest.raises(WrongPassword, match="wrong password"):
+        Repository.open(backend, b"nope")
+
+
+# -- blobs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, MiB, 64 * MiB], ids=["empty", "1B", "1MiB", "64MiB"])
+def test_random_blobs_round_trip_and_are_stored_raw(size: int) -> None:
+    repo = init()
+    data = os.urandom(size)
+    blob_id, new = repo.save_blob(BlobType.DATA, data)
+    assert new and blob_id == repo.blob_id(data)
+    repo.flush()
+    assert Repository.open(repo.backend, b"pw").load_blob(blob_id) == data
+    entry = repo.lookup(blob_id)
+    assert entry.raw_length == size
+    assert entry.length == OVERHEAD + 1 + size  # flag byte 0 and the plaintext: not compressed
+
+
+def test_a_compressible_blob_round_trips_and_is_stored_smaller() -> None:
+    repo = init()
+    data = b"the same line of a log file, again and again\n" * 20000
+    blob_id, _ = repo.save_blob(BlobType.DATA, data)
+    repo.flush()
+    assert Repository.open(repo.backend, b"pw").load_blob(blob_id) == data
+    assert repo.lookup(blob_id).length < len(data) // 50
+
+
+def test_a_blob_saved_twice_is_stored_once() -> None:
+    repo = init()
+    data = os.urandom(1000)
+    first = repo.save_blob(BlobType.DATA, data)
+    second = repo.save_blob(BlobType.DATA, data)
+    assert first == (repo.blob_id(data), True) and second == (repo.blob_id(data), False)
+    repo.flush()
+    third = Repository.open(repo.backend, b"pw").save_blob(BlobType.DATA, data)
+    assert third == (repo.blob_id(data), False)
+    (pack,) = list(repo.backend.list("data/"))
+    assert pack.size < 2 * len(data)
+
+
+def test_an_interrupted_writer_leaves_a_repository_the_next_writer_uses() -> None:
+    faulty = FaultyBackend(MemoryBackend())
+    repo = init(faulty, pack_size=4096)
+    kept = save_files(repo, {b"kept": b"old data"})
+    faulty.crash("store", prefix="index/")  # dies after its packs, before their index
+    with pytest.raises(SimulatedCrash):
+        save_files(repo, {b"big": os.urandom(10000)})
+    assert len(list(faulty.inner.list("data/"))) == 3  # the first backup's pack, two new ones
+
+    after = Repository.open(faulty.inner, b"pw")
+    assert [s.id for s in after.list_snapshots()] == [kept.id]
+    assert read_files(after, kept) == {b"kept": b"old data"}
+    again = save_files(after, {b"big": b"written again", b"kept": b"old data"})
+    assert read_files(Repository.open(faulty.inner, b"pw"), again) == {b"big": b"written again", b"kept": b"old data"}
+    result = check(after, CheckOptions(read_data=True))
+    assert result.errors == [] and len(result.warnings) == 2  # the two orphaned packs, for prune
+
+
+# -- snapshots -------------------------------------------------------------------------------
+
+
+def test_a_snapshot_round_trips_every_field() -> None:
+    repo = init()
+    snap = Snapshot(
+        kind="files", root=os.urandom(32), paths=[b"/home/u", b"/etc/\xff-not-utf8"], host="box", user="u",
+        time_ns=1_700_000_000_123_456_789, tz_offset=3600, tags=["daily", "laptop"], parent=os.urandom(32),
+        summary={"files": 3, "dirs": 1, "bytes_read": 10, "bytes_added": 5, "skipped": []}, program="cairn 0.1.0",
+    )
+    snapshot_id = repo.save_snapshot(snap)
+    loaded = Repository.open(repo.backend, b"pw").load_snapshot(snapshot_id)
+    assert loaded == snap and loaded.id == snapshot_id
+
+
+@pytest.fixture
+def three_snapshots() -> tuple[Repository, list[Snapshot]]:
+    """Snapshots stored under chosen ids, so that two share a 4-digit prefix."""
+    repo = init()
+    snaps = []
+    for n, object_id in enumerate(["abcd" + "0" * 60, "abcd" + "1" * 60, "1234" + "5" * 60]):
+        snap = Snapshot("files", os.urandom(32), [b"/"], "h", "u", time_ns=1000 + n)
+        repo.store_object("snapshots", object_id, snapshot_mod.encode(snap))
+        snap.id = bytes.fromhex(object_id)
+        snaps.append(snap)
+    return repo, snaps
+
+
+def test_find_snapshot_by_full_id_prefix_and_latest(three_snapshots: tuple[Repository, list[Snapshot]]) -> None:
+    repo, snaps = three_snapshots
+    assert repo.find_snapshot(snaps[0].id.hex()) == snaps[0]
+    assert repo.find_snapshot("1234") == snaps[2]
+    assert repo.find_snapshot("ABCD0") == snaps[0]
+    assert repo.find_snapshot("latest") == snaps[2]
+
+
+def test_find_snapshot_refuses_ambiguous_unknown_and_short_refs(
+    three_snapshots: tuple[Repository, list[Snapshot]],
+) -> None:
+    repo, _ = three_snapshots
+    with pytest.raises(NotFound, match="abcd is ambiguous: 2 snapshots"):
+        repo.find_snapshot("abcd")
+    with pytest.raises(NotFound, match="no snapshot ffff"):
+        repo.find_snapshot("ffff")
+    with pytest.raises(UsageError, match="at least 4 hex digits"):
+        repo.find_snapshot("abc")
+    with pytest.raises(NotFound, match="no snapshots yet"):
+        init().find_snapshot("latest")
+
+
+# -- locks ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    with subprocess.Popen(["sleep", "60"]) as sleeper:
+        try:
+            yield sleeper.pid
+        finally:
+            sleeper.kill()
+
+
+def plant_lock(repo: Repository, *, exclusive: bool, pid: int, refreshed_ns: int | None = None) -> None:
+    """A lock as another cairn process on this host would have written it."""
+    now = time.time_ns()
+    other = lock_mod.LockInfo(
+        id=os.urandom(32).hex(), exclusive=exclusive, host=socket.gethostname(), pid=pid, user="someone",
+        time_ns=now, refreshed_ns=now if refreshed_ns is None else refreshed_ns, command="repair index",
+    )
+    repo.store_object("locks", other.id, lock_mod.encode(other))
+
+
+def test_an_exclusive_lock_of_a_live_process_blocks_a_shared_one(live_pid: int) -> None:
+    repo = init()
+    plant_lock(repo, exclusive=True, pid=live_pid)
+    with pytest.raises(RepositoryLocked) as raised:
+        with repo.lock(command="backup"):
+            pass
+    assert f"by someone@{socket.gethostname()} pid {live_pid} (repair index)" in str(raised.value)
+    assert "cairn unlock" in str(raised.value)
+    assert len(list(repo.backend.list("locks/"))) == 1  # ours was taken back
+
+
+def test_a_lock_of_a_dead_process_or_not_refreshed_is_stale_and_ignored(live_pid: int) -> None:
+    repo = init()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    plant_lock(repo, exclusive=True, pid=dead.pid)
+    plant_lock(repo, exclusive=True, pid=live_pid, refreshed_ns=time.time_ns() - 31 * 60 * 10**9)
+    with repo.lock(command="backup") as held:
+        assert not held.exclusive
+
+
+def test_two_shared_locks_coexist() -> None:
+    repo = init()
+    with repo.lock(command="backup"):
+        with Repository.open(repo.backend, b"pw").lock(command="check"):
+            assert len(list(repo.backend.list("locks/"))) == 2
+    assert list(repo.backend.list("locks/")) == []
+
+
+def test_an_exclusive_lock_is_refused_beside_a_shared_one() -> None:
+    repo = init()
+    with repo.lock(command="backup"):
+        with pytest.raises(RepositoryLocked, match="shared lock"):
+            with Repository.open(repo.backend, b"pw").lock(exclusive=True, command="prune"):
+                pass
+
+
+# -- format version and failing storage ----------------------------------------------------
+
+
+def test_a_newer_format_version_is_refused_before_any_password_work() -> None:
+    faulty = FaultyBackend(MemoryBackend())
+    init(faulty)
+    config = bytearray(faulty.load("config"))
+    config[8:10] = (2).to_bytes(2, "big")
+    faulty.store("config", bytes(config))
+    faulty.log.clear()
+    with pytest.raises(UnsupportedVersion, match="format version 2; this cairn reads up to version 1: upgrade"):
+        Repository.open(faulty, b"not even the right password")
+    assert faulty.log == [("load", "config")]  # no key was read, no Argon2 was run
+
+
+def test_a_foreign_config_is_not_a_repository() -> None:
+    backend = MemoryBackend()
+    backend.store("config", b"[core]\nbare = false\n")
+    with pytest.raises(RepositoryNotFound, match="not a cairn repository"):
+        Repository.open(backend, b"pw")
+
+
+def test_a_full_disk_during_a_pack_write_surfaces_and_harms_nothing_saved_before() -> None:
+    faulty = FaultyBackend(MemoryBackend())
+    repo = init(faulty, pack_size=64 * 1024)
+    before = save_files(repo, {b"a.txt": b"saved before the disk filled", b"b.bin": os.urandom(5000)})
+    faulty.fail("store", StorageFull, prefix="data/", times=None)
+    with pytest.raises(StorageFull):
+        save_files(repo, {b"c.bin": os.urandom(100 * 1024)})
+    faulty.clear()
+
+    reopened = Repository.open(faulty, b"pw")
+    assert [s.id for s in reopened.list_snapshots()] == [before.id]
+    assert read_files(reopened, before)[b"a.txt"] == b"saved before the disk filled"
+    result = check(reopened, CheckOptions(read_data=True))
+    assert result.errors == [] and result.warnings == []
+
+
+def test_a_damaged_key_object_does_not_lock_out_the_other_passwords() -> None:
+    backend = MemoryBackend()
+    repo = init(backend, b"first")
+    second = repo.add_key(b"second", FAST_KDF)
+    backend.store(f"keys/{second}", b"\x81\xa1v")  # a map that ends too early
+    assert Repository.open(backend, b"first").master == repo.master
+    with pytest.raises(DamagedObject, match=f"key {second[:8]} does not decode"):
+        Repository.open(backend, b"second")
+
+
+# -- hostile objects: refused with DamagedObject, never a crash or a silent acceptance -----------
+
+
+def test_a_key_object_asking_for_impossible_argon2_parameters_is_damaged_not_a_crash() -> None:
+    backend = MemoryBackend()
+    repo = init(backend)
+    (name,) = [o.name for o in backend.list("keys/")]
+    key = msgpack.unpackb(backend.load(name))
+    key.update(lanes=64, memory_kib=8)  # Argon2id needs 8 KiB per lane: the library would raise ValueError
+    backend.store(name, msgpack.packb(key))
+    with pytest.raises(DamagedObject, match=f"key {repo.key_id[:8]} asks for Argon2id parameters out of range"):
+        Repository.open(backend, b"pw")
+
+
+@pytest.mark.parametrize("extra", [b"trailing junk", zstd.compress(b"a second frame")], ids=["junk", "second-frame"])
+def test_a_blob_with_bytes_after_its_zstd_frame_is_damaged(extra: bytes) -> None:
+    # Only a holder of the key can build this, but FORMAT.md §6 says exactly one complete frame.
+    repo = init()
+    data = b"compressible " * 100
+    blob_id = repo.blob_id(data)
+    sealed = repo.sealer.seal(bytes([ZSTD]) + zstd.compress(data) + extra, blob_aad(BlobType.DATA, blob_id))
+    with pytest.raises(DamagedObject, match=f"blob {blob_id.hex()[:12]} does not decompress: bytes after the frame"):
+        open_blob(repo.sealer, repo.hasher, BlobType.DATA, blob_id, sealed)

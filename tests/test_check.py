@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from dataclasses import dataclass
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 import cairn.ops.check as check_mod
 from cairn.errors import RepositoryLocked, UsageError
 from cairn.files.tree import Node, encode_tree
+from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.check import UNINDEXED, CheckOptions, CheckResult, check
 from cairn.repo import index as index_mod
 from cairn.repo import lock as lock_mod
@@ -22,6 +25,7 @@ from cairn.repo.pack import object_name
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
 from cairn.testing.faulty import FaultyBackend
+from cairn.storage.base import ObjectInfo
 from cairn.testing.memory import MemoryBackend
 
 FAST_KDF = KdfParams(iterations=1, memory_kib=8, lanes=1)
@@ -285,3 +289,55 @@ def test_progress_reports_each_phase(built: Built) -> None:
 
 def test_options_default_to_a_structure_check(built: Built) -> None:
     assert check(built.repo).ok
+
+
+class _BackupWhileListing(MemoryBackend):
+    """Runs `during` once, just before the first listing of `prefix` returns (a concurrent writer)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.during: Callable[[], None] | None = None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if prefix == self.prefix and self.during is not None:
+            during, self.during = self.during, None
+            during()
+        return super().list(prefix)
+
+
+@pytest.mark.parametrize("prefix", ["snapshots/", "index/", "data/"])
+def test_a_backup_finishing_during_check_is_no_damage(prefix: str) -> None:
+    backend = _BackupWhileListing(prefix)
+    repo = Repository.init(backend, b"pw", FAST_KDF, pack_size=2048)
+    repo.save_snapshot(Snapshot("files", repo.save_blob(BlobType.TREE, encode_tree([]))[0], [b"/"], "h", "u"))
+    repo.flush()
+
+    def other_host_backs_up() -> None:  # a second writer with its own Repository, start to end
+        other = Repository.open(backend, b"pw")
+        blob, _ = other.save_blob(BlobType.DATA, os.urandom(3000))
+        tree, _ = other.save_blob(BlobType.TREE, encode_tree([Node(b"new", "file", size=3000, content=[blob])]))
+        other.flush()
+        other.save_snapshot(Snapshot("files", tree, [b"/"], "other", "u"))
+
+    backend.during = other_host_backs_up
+    result = check(repo, CheckOptions(read_data=True))
+    assert result.errors == []
+    assert backend.during is None  # it did run
+
+
+def test_a_real_backup_of_a_folder_checks_clean(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "deep" / "er").mkdir(parents=True)
+    (source / "a.txt").write_bytes(b"hello\n" * 1000)
+    (source / "deep" / "b.bin").write_bytes(os.urandom(300_000))
+    (source / "deep" / "er" / "empty").write_bytes(b"")
+    repo = Repository.init(MemoryBackend(), b"pw", FAST_KDF)
+    first = backup(repo, BackupOptions(paths=[str(source)]))
+    (source / "a.txt").write_bytes(b"changed\n")
+    backup(repo, BackupOptions(paths=[str(source)]))
+    result = check(repo, CheckOptions(read_data=True))
+    assert (result.errors, result.warnings) == ([], [])
+    assert result.snapshots == 2
+    assert result.blobs >= 4 and result.bytes_read >= 300_000
+    assert first.snapshot_id is not None

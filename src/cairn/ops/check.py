@@ -109,12 +109,15 @@ class _Checker:
         self.workers = max(2, min(4, self.backend.properties.connections))
 
     def run(self, options: CheckOptions) -> CheckResult:
+        # Snapshots are listed before the index is read: writers store a snapshot only after
+        # its index objects, so a backup finishing meanwhile cannot look like missing data.
+        snapshot_ids = list(self._ids("snapshots/"))
         self.check_config_and_keys()
         self.check_locks()
         self.load_indexes()
         to_read = self.choose_packs(options)
         self.check_packs(skip_headers=to_read)
-        snapshots = self.load_snapshots()
+        snapshots = self.load_snapshots(snapshot_ids)
         self.check_trees(snapshots)
         if to_read:
             self.read_packs(to_read)
@@ -301,9 +304,9 @@ class _Checker:
 
     # -- snapshots and trees -------------------------------------------------------------
 
-    def load_snapshots(self) -> list[Snapshot]:
+    def load_snapshots(self, snapshot_ids: list[str]) -> list[Snapshot]:
         snapshots = []
-        for snapshot_id in self._ids("snapshots/"):
+        for snapshot_id in snapshot_ids:
             try:
                 snapshots.append(self.repo.load_snapshot(bytes.fromhex(snapshot_id)))
             except CairnError as exc:

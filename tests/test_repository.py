@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -23,7 +24,9 @@ from cairn.errors import (
     WrongPassword,
 )
 from cairn.files.tree import Node, decode_tree, encode_tree
+from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.check import CheckOptions, check
+from cairn.ops.restore import RestoreOptions, restore
 from cairn.repo import lock as lock_mod
 from cairn.repo import snapshot as snapshot_mod
 from cairn.repo.blob import ZSTD, BlobType, blob_aad, open_blob
@@ -306,18 +309,29 @@ def test_a_foreign_config_is_not_a_repository() -> None:
         Repository.open(backend, b"pw")
 
 
-def test_a_full_disk_during_a_pack_write_surfaces_and_harms_nothing_saved_before() -> None:
+def test_a_full_disk_during_a_pack_write_surfaces_and_harms_nothing_saved_before(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_bytes(b"saved before the disk filled")
+    (source / "b.bin").write_bytes(os.urandom(5000))
     faulty = FaultyBackend(MemoryBackend())
     repo = init(faulty, pack_size=64 * 1024)
-    before = save_files(repo, {b"a.txt": b"saved before the disk filled", b"b.bin": os.urandom(5000)})
+    before = backup(repo, BackupOptions(paths=[str(source)]))
+    (source / "c.bin").write_bytes(os.urandom(300 * 1024))
     faulty.fail("store", StorageFull, prefix="data/", times=None)
     with pytest.raises(StorageFull):
-        save_files(repo, {b"c.bin": os.urandom(100 * 1024)})
+        backup(repo, BackupOptions(paths=[str(source)]))
     faulty.clear()
 
     reopened = Repository.open(faulty, b"pw")
-    assert [s.id for s in reopened.list_snapshots()] == [before.id]
-    assert read_files(reopened, before)[b"a.txt"] == b"saved before the disk filled"
+    assert [s.id for s in reopened.list_snapshots()] == [before.snapshot_id]
+    assert list(faulty.list("locks/")) == []  # the failed backup released its lock
+    target = tmp_path / "restored"
+    restore(reopened, RestoreOptions(snapshot="latest", target=str(target)))
+    restored = target / str(source).lstrip("/")
+    assert sorted(p.name for p in restored.iterdir()) == ["a.txt", "b.bin"]
+    assert (restored / "a.txt").read_bytes() == b"saved before the disk filled"
+    assert (restored / "b.bin").read_bytes() == (source / "b.bin").read_bytes()
     result = check(reopened, CheckOptions(read_data=True))
     assert result.errors == [] and result.warnings == []
 

@@ -21,7 +21,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -39,7 +39,7 @@ from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
 
 Progress = Callable[[str, int, int], None]
-"""Called as ``progress(phase, done, total)``; phases: index, packs, snapshots, trees, data."""
+"""Called as ``progress(phase, done, total)`` from the calling thread; phases: index, packs, trees, data."""
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _PACK_NAME = re.compile(r"^data/([0-9a-f]{2})/([0-9a-f]{64})$")
@@ -93,6 +93,12 @@ def _pack_entries(records: bytes) -> set[PackEntry]:
     return set(index_mod.iter_records(records))
 
 
+def _header_size(records: bytes) -> int:
+    """Bytes of a pack's sealed header and trailing length, for a pack holding these records."""
+    n = len(records) // index_mod.RECORD.size
+    return OVERHEAD + HEADER_START.size + n * RECORD.size + TRAILER.size
+
+
 class _Checker:
     """One run's state: what the index says, what storage holds, and what went wrong."""
 
@@ -131,7 +137,7 @@ class _Checker:
         self.bytes_read += len(data)
         return data
 
-    def _ids(self, prefix: str) -> Iterable[str]:
+    def _ids(self, prefix: str) -> Iterator[str]:
         """The ids under `prefix`; a foreign name is a warning (it cannot be a valid object)."""
         for info in self.backend.list(prefix):
             object_id = info.name[len(prefix):]
@@ -222,9 +228,7 @@ class _Checker:
         return readable if options.read_data else []
 
     def expected_size(self, records: bytes) -> int:
-        n = len(records) // index_mod.RECORD.size
-        header = OVERHEAD + HEADER_START.size + n * RECORD.size
-        return sum(e.length for e in index_mod.iter_records(records)) + header + TRAILER.size
+        return sum(e.length for e in index_mod.iter_records(records)) + _header_size(records)
 
     def check_packs(self, skip_headers: Iterable[bytes]) -> None:
         for pack_id in self.stored.keys() - self.indexed.keys():
@@ -249,9 +253,7 @@ class _Checker:
 
     def header_bytes(self, pack_id: bytes) -> int:
         """What `read_pack_header` read: the tail, and once more the header if it was longer."""
-        tail = header_tail_size(self.stored[pack_id])
-        n = len(self.indexed[pack_id][1]) // index_mod.RECORD.size
-        header = OVERHEAD + HEADER_START.size + n * RECORD.size + TRAILER.size
+        tail, header = header_tail_size(self.stored[pack_id]), _header_size(self.indexed[pack_id][1])
         return tail + (header if header > tail else 0)
 
     def check_header(self, pack_id: bytes) -> tuple[bytes, str | None]:
@@ -325,13 +327,13 @@ class _Checker:
             if snap.kind != "files":
                 if self.index.lookup(snap.root) is None:
                     self.errors.append(f"{where}: its root blob {_short(snap.root)} is not in the index")
-                continue
-            stack = [(snap.root, "/")]
-            while stack:
-                tree_id, path = stack.pop()
-                if tree_id not in visited:
-                    visited.add(tree_id)
-                    stack.extend(self.check_tree(where, tree_id, path))
+            else:
+                stack = [(snap.root, "/")]
+                while stack:
+                    tree_id, path = stack.pop()
+                    if tree_id not in visited:
+                        visited.add(tree_id)
+                        stack.extend(self.check_tree(where, tree_id, path))
             self.progress("trees", done, len(snapshots))
 
     def check_tree(self, where: str, tree_id: bytes, path: str) -> list[tuple[bytes, str]]:

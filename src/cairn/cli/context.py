@@ -1,0 +1,85 @@
+"""What every command shares: the global options and the state they fill in.
+
+Global options are accepted both before and after the command name (``cairn -r X snapshots`` and
+``cairn snapshots -r X``), because users type both; one decorator adds them everywhere and they
+all land in one `State`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import click
+
+from cairn.cli.output import Output, is_terminal
+from cairn.ops.access import RepoSelection
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class State:
+    """The parsed global options of one invocation."""
+
+    repo: str | None = None
+    password_file: str | None = None
+    password_command: str | None = None
+    json: bool = False
+    debug: bool = False
+    quiet: bool = False
+    _output: Output | None = field(default=None, repr=False)
+
+    def selection(self) -> RepoSelection:
+        return RepoSelection(
+            location=self.repo,
+            password_file=self.password_file,
+            password_command=self.password_command,
+            interactive=is_terminal(sys.stdin),
+        )
+
+    @property
+    def output(self) -> Output:
+        if self._output is None:
+            self._output = Output(json_mode=self.json, quiet=self.quiet)
+        return self._output
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Store a global option given at either level; a default never overrides a given value."""
+    if value not in (None, False) and param.name:
+        setattr(ctx.ensure_object(State), param.name, value)
+    return value
+
+
+_GLOBAL_OPTIONS = [
+    click.option(
+        "-r", "--repo", metavar="LOCATION", expose_value=False, callback=_remember,
+        help="Repository: a folder or local:/path (default: $CAIRN_REPOSITORY, "
+        "else $XDG_DATA_HOME/cairn/repo).",
+    ),
+    click.option(
+        "--password-file", metavar="FILE", expose_value=False, callback=_remember,
+        help="Read the password from FILE (also $CAIRN_PASSWORD_FILE; $CAIRN_PASSWORD holds it directly).",
+    ),
+    click.option(
+        "--password-command", metavar="COMMAND", expose_value=False, callback=_remember,
+        help="Run COMMAND (no shell) and use what it prints as the password (also $CAIRN_PASSWORD_COMMAND).",
+    ),
+    click.option("--json", is_flag=True, expose_value=False, callback=_remember, help="Print JSON for scripts."),
+    click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_remember,
+                 help="Print only results, warnings and errors."),
+    click.option("--debug", is_flag=True, expose_value=False, callback=_remember,
+                 help="Show tracebacks of errors."),
+]
+
+
+def global_options(f: F) -> F:
+    for option in reversed(_GLOBAL_OPTIONS):
+        f = option(f)
+    return f
+
+
+pass_state = click.make_pass_decorator(State, ensure=True)

@@ -1,0 +1,86 @@
+"""The `cairn` command: parse, dispatch, and turn every failure into one line and an exit code.
+
+Error handling lives here and only here: a `CairnError` becomes ``cairn: <message>`` on stderr
+and its class's exit code (docs/EXIT_CODES.md), without a traceback unless --debug; Ctrl-C
+becomes exit 130; anything else is a bug and keeps its traceback so it can be reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from cairn import __version__
+from cairn.cli import backup_cmd, cat_cmd, check_cmd, init_cmd, key_cmd, restore_cmd, snapshots_cmd, unlock_cmd
+from cairn.cli.context import State, global_options
+from cairn.errors import CairnError, Interrupted
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"cairn: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+class CairnGroup(click.Group):
+    """A group that maps exceptions from any subcommand to the documented exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        state = ctx.ensure_object(State)
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except CairnError as exc:
+            if state.debug:
+                traceback.print_exc()
+            _fail(exc.message, exc.exit_code)
+        except KeyboardInterrupt:
+            if state.debug:
+                traceback.print_exc()
+            _fail("interrupted; the repository is left consistent, run the command again to continue", Interrupted.exit_code)
+        except Exception as exc:
+            traceback.print_exc()
+            _fail(f"internal error ({type(exc).__name__}: {exc}); this is a bug, please report it", 1)
+
+
+@click.group(cls=CairnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@global_options
+@click.version_option(__version__, "--version", prog_name="cairn")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """cairn: deduplicated, compressed, encrypted backups.
+
+    The password comes from --password-file, --password-command, $CAIRN_PASSWORD,
+    $CAIRN_PASSWORD_FILE or $CAIRN_PASSWORD_COMMAND, else a prompt on the terminal.
+    Exit codes are listed in docs/EXIT_CODES.md.
+    """
+    state = ctx.ensure_object(State)
+    if state.debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+
+
+for module in (init_cmd, backup_cmd, restore_cmd, snapshots_cmd, check_cmd, key_cmd, cat_cmd, unlock_cmd):
+    cli.add_command(module.command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="cairn")
+    except KeyboardInterrupt:  # before or after a subcommand ran (imports, argument parsing)
+        click.echo("cairn: interrupted", err=True)
+        sys.exit(Interrupted.exit_code)
+    except BrokenPipeError:
+        # `cairn snapshots | head`: the reader left; that is not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Everything the CLI prints: human text and tables on stdout, JSON for scripts, progress and
+warnings on stderr.
+
+stdout carries only the result (a table, a summary, or JSON with --json), so it can be piped;
+everything about the run itself (progress, warnings, notices, errors) goes to stderr. Progress
+is drawn only when stderr is a terminal and neither --json nor --quiet was given, and only once
+a command has run for a second, so quick commands and logs stay clean.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_size(n: int | float) -> str:
+    """Bytes in binary units, as `ls -lh` and restic print them: 1.5 MiB."""
+    value = float(n)
+    for unit in _UNITS:
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def local_time(when: datetime) -> str:
+    """A time in the viewer's own zone, to the second: what people compare with their clock."""
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class Output:
+    """The printing half of a command; the command decides what, this decides how."""
+
+    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        # Piped output must not wrap table rows (grep, awk); a terminal gets its real width.
+        width = None if is_terminal(sys.stdout) else 1000
+        self.console = Console(width=width, highlight=False, soft_wrap=False)
+
+    def result(self, text: str) -> None:
+        """A human result line (a summary); suppressed by --quiet; never in --json mode."""
+        if not self.json_mode and not self.quiet:
+            click.echo(text)
+
+    def notice(self, text: str) -> None:
+        """Something the user must read even in --quiet or --json mode (on stderr)."""
+        click.echo(text, err=True)
+
+    def warn(self, text: str) -> None:
+        click.echo(f"cairn: warning: {text}", err=True)
+
+    def json(self, data: Any) -> None:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+    def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]], footer: str | None = None) -> None:
+        """A plain table; cell text is never read as rich markup (paths may hold brackets)."""
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for name in columns:
+            table.add_column(name, overflow="fold")
+        for row in rows:
+            table.add_row(*(Text(cell) for cell in row))
+        self.console.print(table)
+        if footer and not self.quiet:
+            click.echo(footer)
+
+    def raw(self, data: bytes) -> None:
+        """Bytes exactly as they are (a blob's content), for redirecting to a file."""
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+    def progress(self, description: str) -> ProgressReporter:
+        enabled = not self.json_mode and not self.quiet and is_terminal(sys.stderr)
+        return ProgressReporter(description, enabled)
+
+
+class ProgressReporter:
+    """A callable handed to an operation as its `progress` argument.
+
+    Operations report in one of two shapes, both accepted: ``progress(phase, done, total)``
+    (check) or ``progress(obj)`` with whatever counters `obj` has (`files`, `bytes`, `bytes_read`,
+    `bytes_written`, `bytes_added`, `bytes_done` with `total_bytes`, and `path` or `current`). Unknown shapes are ignored, never
+    an error: progress must not break a backup. Safe to call from worker threads.
+    """
+
+    DELAY = 1.0
+
+    def __init__(self, description: str, enabled: bool) -> None:
+        self.description = description
+        self.enabled = enabled
+        self._started_at = time.monotonic()
+        self._lock = threading.Lock()
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> ProgressReporter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with self._lock:
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+            self.enabled = False
+
+    def __call__(self, *args: Any) -> None:
+        if not self.enabled:
+            return
+        try:
+            update = self._parse(args)
+        except Exception:  # a counter of an unexpected type: skip this update
+            return
+        if update is None:
+            return
+        with self._lock:
+            if not self.enabled:
+                return
+            if self._progress is None:
+                if time.monotonic() - self._started_at < self.DELAY:
+                    return
+                self._start()
+            assert self._progress is not None and self._task is not None
+            self._progress.update(self._task, **update)
+
+    def _start(self) -> None:
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._task = self._progress.add_task(self.description, total=None, detail="")
+        self._progress.start()
+
+    def _parse(self, args: tuple[Any, ...]) -> dict[str, Any] | None:
+        if len(args) == 3 and isinstance(args[0], str):
+            phase, done, total = args
+            return {"description": f"{self.description}: {phase}", "completed": done,
+                    "total": total or None, "detail": f"{done}/{total}" if total else str(done)}
+        if len(args) != 1:
+            return None
+        obj = args[0]
+        parts = []
+        files = getattr(obj, "files", None)
+        if isinstance(files, int):
+            parts.append(f"{files:,} files")
+        for name in ("bytes", "bytes_read", "bytes_written"):
+            value = getattr(obj, name, None)
+            if isinstance(value, int):
+                parts.append(human_size(value))
+                break
+        added = getattr(obj, "bytes_added", None)
+        if isinstance(added, int):
+            parts.append(f"{human_size(added)} new")
+        update: dict[str, Any] = {"detail": ", ".join(parts)}
+        done = getattr(obj, "bytes_done", None)
+        total = getattr(obj, "total_bytes", None)
+        if isinstance(done, int) and isinstance(total, int) and total > 0:
+            update.update(completed=done, total=total)
+        current = getattr(obj, "current", None) or getattr(obj, "path", None)
+        if isinstance(current, str) and current:
+            update["description"] = f"{self.description} {current[-40:]}"
+        return update

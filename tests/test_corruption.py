@@ -233,6 +233,17 @@ def test_a_damaged_second_key_leaves_the_first_password_working(r: Repo) -> None
         r.reopen(b"second")
 
 
+@pytest.mark.parametrize("field", [b"host", b"salt", b"master"])
+def test_a_bit_flipped_anywhere_in_a_key_whose_password_check_does_not_know(r: Repo, field: bytes) -> None:
+    second = r.repo.add_key(b"second", FAST_KDF)
+    path = r.path(f"keys/{second}")
+    data = path.read_bytes()
+    flip(path, data.index(field) + len(field) + 3)  # inside the field's value
+    errors_naming(check(r.reopen(b"pw"), CheckOptions()), f"key {second[:8]}")
+    with pytest.raises((DamagedObject, WrongPassword)):
+        r.reopen(b"second")
+
+
 # -- truncations and swaps --------------------------------------------------------------------
 
 

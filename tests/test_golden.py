@@ -155,16 +155,20 @@ def unpack(data: bytes) -> Any:
 
 def open_key(key_id: str, data: bytes, password: bytes) -> bytes | None:
     """§4.3: the master key, or None when this password does not open this key object."""
-    key = unpack(data)
+    body, mac = data[:-32], data[-32:]
+    key = unpack(body)
     assert key["v"] == 1 and key["kdf"] == "argon2id" and len(key["salt"]) == 16
     assert 1 <= key["iterations"] <= 100 and 8 <= key["memory_kib"] and 1 <= key["lanes"] <= 64
     kek = Argon2id(
         salt=key["salt"], length=32, iterations=key["iterations"], lanes=key["lanes"], memory_cost=key["memory_kib"]
     ).derive(password)
     try:
-        return unseal(kek, key["master"], f"keys/{key_id}".encode())
+        master = unseal(kek, key["master"], f"keys/{key_id}".encode())
     except InvalidTag:
         return None
+    mac_key = blake3.blake3(master, derive_key_context="cairn 2026-11 v1 key object mac").digest()
+    assert blake3.blake3(f"keys/{key_id}".encode() + body, key=mac_key).digest() == mac
+    return master
 
 
 @dataclass

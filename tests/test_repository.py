@@ -340,7 +340,7 @@ def test_a_damaged_key_object_does_not_lock_out_the_other_passwords() -> None:
     backend = MemoryBackend()
     repo = init(backend, b"first")
     second = repo.add_key(b"second", FAST_KDF)
-    backend.store(f"keys/{second}", b"\x81\xa1v")  # a map that ends too early
+    backend.store(f"keys/{second}", b"\x81\xa1v" + bytes(32))  # a map that ends too early, then a MAC
     assert Repository.open(backend, b"first").master == repo.master
     with pytest.raises(DamagedObject, match=f"key {second[:8]} does not decode"):
         Repository.open(backend, b"second")
@@ -353,9 +353,10 @@ def test_a_key_object_asking_for_impossible_argon2_parameters_is_damaged_not_a_c
     backend = MemoryBackend()
     repo = init(backend)
     (name,) = [o.name for o in backend.list("keys/")]
-    key = msgpack.unpackb(backend.load(name))
+    data = backend.load(name)
+    key = msgpack.unpackb(data[:-32])
     key.update(lanes=64, memory_kib=8)  # Argon2id needs 8 KiB per lane: the library would raise ValueError
-    backend.store(name, msgpack.packb(key))
+    backend.store(name, msgpack.packb(key) + data[-32:])
     with pytest.raises(DamagedObject, match=f"key {repo.key_id[:8]} asks for Argon2id parameters out of range"):
         Repository.open(backend, b"pw")
 

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 
 import platformdirs
 
-from cairn.errors import ObjectMissing, RepositoryNotFound, StorageReadOnly, UsageError
+from cairn.errors import RepositoryNotFound, StorageReadOnly, UsageError
 from cairn.ops.init import InitOptions, InitResult, init
-from cairn.repo import config as config_mod
 from cairn.repo.keys import KdfParams
 from cairn.repo.repository import Repository
 from cairn.storage.base import Backend
@@ -226,22 +225,12 @@ def _not_found(location: Location) -> RepositoryNotFound:
     return RepositoryNotFound(f"no repository at {location.text}: run 'cairn init' first")
 
 
-def probe(backend: Backend) -> bool:
-    """Whether a repository exists there; raises if it is foreign or too new to read."""
-    try:
-        raw = backend.load("config")
-    except ObjectMissing:
-        return False
-    config_mod.read_version(raw)
-    return True
-
-
 def open_repository(selection: RepoSelection) -> Repository:
     """Open the selected repository; `RepositoryNotFound` if there is none."""
     location = resolve_location(selection)
     backend = open_backend(location.text)
     try:
-        if not probe(backend):
+        if not Repository.probe(backend):
             raise _not_found(location)
         return Repository.open(backend, read_password(selection, location.text))
     except BaseException:
@@ -257,7 +246,7 @@ def create_repository(selection: RepoSelection, kdf: KdfParams | None = None) ->
     location = resolve_location(selection)
     backend = open_backend(location.text)
     try:
-        if probe(backend):
+        if Repository.probe(backend):
             raise UsageError(f"a repository already exists at {location.text}")
         password = read_new_password(selection, location.text)
         return init(backend, password, InitOptions(kdf=kdf or KdfParams()))
@@ -277,7 +266,7 @@ def ensure_repository(selection: RepoSelection, create_default: bool = True) -> 
     if location.is_default and create_default:
         backend = open_backend(location.text)
         try:
-            exists = probe(backend)
+            exists = Repository.probe(backend)
         finally:
             backend.close()
         if not exists:

@@ -6,16 +6,15 @@ backup leaves a consistent repository whose uploaded blobs the next backup reuse
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 
 from cairn.errors import UsageError
+from cairn.version import __version__
 from cairn.files.archiver import ArchiveProgress, archive
+from cairn.repo import identity
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
 
@@ -46,18 +45,7 @@ class BackupResult:
 
 
 def program() -> str:
-    try:
-        version = metadata.version("cairn-backup")
-    except metadata.PackageNotFoundError:  # running from a source tree
-        version = "0+unknown"
-    return f"cairn {version}"
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a uid with no passwd entry, e.g. in a container
-        return str(os.getuid())
+    return f"cairn {__version__}"
 
 
 def backup(
@@ -92,8 +80,8 @@ def backup(
                 kind="files",
                 root=result.root,
                 paths=[os.fsencode(os.path.abspath(p)) for p in options.paths],
-                host=options.host or socket.gethostname(),
-                user=_user(),
+                host=options.host or identity.hostname(),
+                user=identity.username(),
                 time_ns=started_ns,
                 tz_offset=time.localtime(started_ns // 1_000_000_000).tm_gmtoff,
                 tags=list(options.tags),

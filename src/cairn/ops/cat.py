@@ -15,6 +15,7 @@ from typing import Any
 from cairn.errors import NotFound, UsageError
 from cairn.repo import encoding
 from cairn.repo import index as index_mod
+from cairn.repo import keys as keys_mod
 from cairn.repo import lock as lock_mod
 from cairn.repo.pack import object_name
 from cairn.repo.repository import Repository
@@ -110,7 +111,7 @@ def _blob(repo: Repository, ref: str | None) -> bytes:
 
 def _key(repo: Repository, ref: str | None) -> dict[str, Any]:
     key_id = _resolve(repo, "keys", ref, "key")
-    data = jsonable(encoding.unpack_map(repo.backend.load(f"keys/{key_id}"), f"key {key_id[:8]}"))
+    data = jsonable(keys_mod.body(repo.backend.load(f"keys/{key_id}"), key_id))
     return {"id": key_id, **data}
 
 

@@ -158,7 +158,9 @@ class _Checker:
             self.errors.append("keys: the repository has no key objects; no password can open it")
         for key_id in key_ids:
             try:
-                keys_mod.parse(self._load(f"keys/{key_id}"), key_id)
+                data = self._load(f"keys/{key_id}")
+                keys_mod.parse(data, key_id)
+                keys_mod.verify(data, key_id, self.repo.master)
             except CairnError as exc:
                 self.errors.append(_named(f"key {key_id[:8]}", exc))
 

@@ -91,12 +91,7 @@ def change_password(repo: Repository, options: AddKeyOptions) -> PasswordChange:
     if not options.password:
         raise UsageError("an empty password protects nothing: choose one")
     with repo.lock(exclusive=False, command="key passwd"):
-        old = repo.key_id
-        new = repo.add_key(options.password, options.kdf)
-        # The open repository is now reachable through the new key, so the old one is no
-        # longer "the key in use" and Repository.remove_key lets it go.
-        repo.key_id = new
-        repo.remove_key(old)
+        new, old = repo.change_password(options.password, options.kdf)
     return PasswordChange(new, old)
 
 

@@ -6,20 +6,21 @@ rewrites one small object and never the data.
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
 import time
 from dataclasses import dataclass
 
+import blake3
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from cairn.errors import DamagedObject
-from cairn.repo import encoding
-from cairn.repo.crypto import MASTER_SIZE, MasterKey, Sealer
+from cairn.repo import encoding, identity
+from cairn.repo.crypto import MASTER_SIZE, MasterKey, Sealer, derive_subkey
 
 SALT_SIZE = 16
 KEY_FORMAT = 1
+MAC_SIZE = 32
+MAC_KEY_CONTEXT = "cairn 2026-11 v1 key object mac"
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,20 @@ def _aad(key_id: str) -> bytes:
     return f"keys/{key_id}".encode()
 
 
+def _mac(master: MasterKey, key_id: str, body: bytes) -> bytes:
+    return blake3.blake3(_aad(key_id) + body, key=derive_subkey(master.secret, MAC_KEY_CONTEXT)).digest()
+
+
 def wrap(master: MasterKey, password: bytes, key_id: str, kdf: KdfParams) -> bytes:
-    """Build the plaintext key object (msgpack) holding `master` sealed under `password`."""
+    """Build the key object: its msgpack body, then a MAC under the master key.
+
+    The MAC covers the public fields too (host, user, KDF parameters), so any change to a key
+    object is detected by whoever holds the master key, including `check` for keys whose
+    password it does not know.
+    """
     salt = os.urandom(SALT_SIZE)
     sealer = Sealer(kdf.derive(password, salt))
-    return encoding.pack(
+    body = encoding.pack(
         {
             "v": KEY_FORMAT,
             "kdf": "argon2id",
@@ -68,17 +78,25 @@ def wrap(master: MasterKey, password: bytes, key_id: str, kdf: KdfParams) -> byt
             "lanes": kdf.lanes,
             "salt": salt,
             "created": time.time_ns(),
-            "host": socket.gethostname(),
-            "user": getpass.getuser(),
+            "host": identity.hostname(),
+            "user": identity.username(),
             "master": sealer.seal(master.secret, _aad(key_id)),
         }
     )
+    return body + _mac(master, key_id, body)
+
+
+def body(data: bytes, key_id: str) -> dict[str, object]:
+    """The key object's map, without its MAC (unverified: the MAC needs the master key)."""
+    if len(data) <= MAC_SIZE:
+        raise DamagedObject(f"key {key_id[:8]} is damaged: too short")
+    return encoding.unpack_map(data[:-MAC_SIZE], f"key {key_id[:8]}")
 
 
 def parse(data: bytes, key_id: str) -> tuple[KeyInfo, bytes, bytes]:
     """Return the key's public facts, its salt and its sealed master secret."""
     what = f"key {key_id[:8]}"
-    obj = encoding.unpack_map(data, what)
+    obj = body(data, key_id)
     if encoding.field(obj, "v", int, what) != KEY_FORMAT or obj.get("kdf") != "argon2id":
         raise DamagedObject(f"{what} has an unknown format or key derivation")
     kdf = KdfParams(
@@ -109,4 +127,12 @@ def unwrap(data: bytes, key_id: str, password: bytes) -> MasterKey | None:
         return None
     if len(secret) != MASTER_SIZE:
         raise DamagedObject(f"key {key_id[:8]} holds a master key of the wrong size")
-    return MasterKey(secret)
+    master = MasterKey(secret)
+    verify(data, key_id, master)
+    return master
+
+
+def verify(data: bytes, key_id: str, master: MasterKey) -> None:
+    """Check a key object's MAC with the master key; DamagedObject if anything in it changed."""
+    if len(data) <= MAC_SIZE or _mac(master, key_id, data[:-MAC_SIZE]) != data[-MAC_SIZE:]:
+        raise DamagedObject(f"key {key_id[:8]} is damaged or was changed: its MAC does not match")

@@ -11,15 +11,13 @@ stale, delete ours and fail. Two exclusive lockers racing may both back off, nev
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cairn.errors import DamagedObject, ObjectMissing, RepositoryLocked
-from cairn.repo import encoding
+from cairn.repo import encoding, identity
 from cairn.storage.base import Backend
 
 LOCK_FORMAT = 1
@@ -42,7 +40,7 @@ class LockInfo:
         now_ns = time.time_ns() if now_ns is None else now_ns
         if now_ns - self.refreshed_ns > STALE_AFTER * 1_000_000_000:
             return True
-        return self.host == socket.gethostname() and not _process_alive(self.pid)
+        return self.host == identity.hostname() and not _process_alive(self.pid)
 
     def describe(self) -> str:
         age = max(0, (time.time_ns() - self.time_ns) // 1_000_000_000)
@@ -62,7 +60,7 @@ def _process_alive(pid: int) -> bool:
 
 def new_lock(lock_id: str, exclusive: bool, command: str) -> LockInfo:
     now = time.time_ns()
-    return LockInfo(lock_id, exclusive, socket.gethostname(), os.getpid(), getpass.getuser(), now, now, command)
+    return LockInfo(lock_id, exclusive, identity.hostname(), os.getpid(), identity.username(), now, now, command)
 
 
 def encode(lock: LockInfo) -> bytes:

@@ -111,6 +111,38 @@ class Repository:
             infos.append(keys_mod.parse(self.backend.load(obj.name), key_id)[0])
         return sorted(infos, key=lambda k: k.created_ns)
 
+    def change_password(self, password: bytes, kdf: keys_mod.KdfParams | None = None) -> tuple[str, str]:
+        """Replace the key in use by a new one: the new key is written before the old one goes.
+
+        Returns (new key id, removed key id).
+        """
+        old = self.key_id
+        self.key_id = self.add_key(password, kdf)
+        self.backend.delete(f"keys/{old}")
+        return self.key_id, old
+
+    @staticmethod
+    def probe(backend: Backend) -> bool:
+        """Whether a repository exists there; raises if it is foreign or too new to read.
+
+        Needs no password, so commands check this before asking for one.
+        """
+        try:
+            raw = backend.load("config")
+        except ObjectMissing:
+            return False
+        config_mod.read_version(raw)
+        return True
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def remove_key(self, key_id: str) -> None:
         if key_id == self.key_id:
             raise UsageError("refusing to remove the key in use; open the repository with another password first")

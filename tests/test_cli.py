@@ -338,6 +338,13 @@ def test_unlock_remove_all_removes_live_locks(repo_dir: Path, cli: CliRun) -> No
     assert data["kept"] == []
 
 
+def test_unlock_remove_all_removes_an_undecodable_lock(repo_dir: Path, cli: CliRun) -> None:
+    (repo_dir / "locks").mkdir(exist_ok=True)
+    (repo_dir / "locks" / ("ab" * 32)).write_bytes(b"garbage that no key opens")
+    assert cli("-r", str(repo_dir), "unlock", "--remove-all").exit_code == 0
+    assert list((repo_dir / "locks").iterdir()) == []
+
+
 # -- snapshots ----------------------------------------------------------------------------------
 
 

@@ -141,9 +141,16 @@ class LockManager:
             pass
 
     def remove_stale(self, remove_all: bool = False) -> list[LockInfo]:
+        """Remove stale locks, or every lock; `remove_all` also removes undecodable ones."""
         removed = []
         for other in self.list_locks():
             if remove_all or other.is_stale():
                 self.release(other)
                 removed.append(other)
+        if remove_all:
+            for info in self._backend.list("locks/"):
+                try:
+                    self._backend.delete(info.name)
+                except ObjectMissing:
+                    pass
         return removed

@@ -29,6 +29,7 @@ MAX_BLOB_SIZE = 1 << 30
 class BlobType(IntEnum):
     DATA = 0
     TREE = 1
+    DISK = 2
 
 
 def blob_aad(blob_type: int, blob_id: bytes) -> bytes:

@@ -1,0 +1,115 @@
+"""`cairn image` and `cairn image-restore`: thin handlers over ops.image and ops.image_restore."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cairn.cli.context import State, global_options, pass_state
+from cairn.cli.notices import created_default_notice
+from cairn.cli.output import human_duration, human_size, is_terminal
+from cairn.errors import CairnError
+from cairn.ops import access
+
+
+@click.command("image")
+@global_options
+@click.argument("source", metavar="DEVICE|FILE")
+@click.option("--partition", type=int, metavar="N", help="Image only partition N of the disk.")
+@click.option("--all-blocks", is_flag=True, help="Read every block, even those filesystems say are free.")
+@click.option("--freeze", is_flag=True, help="Freeze mounted filesystems (fsfreeze) while they are read.")
+@click.option("--freeze-timeout", type=float, default=600.0, show_default=True, metavar="SECONDS",
+              help="Thaw after this long at the latest; the image then fails.")
+@click.option("--snapshot", "snapshot_mode", type=click.Choice(["lvm", "btrfs"]),
+              help="Read from a temporary snapshot (not available yet: see the error).")
+@click.option("--force", is_flag=True, help="Image a read-write mounted filesystem anyway (recorded as a warning).")
+@click.option("--verify", is_flag=True, help="Re-read the source and compare it with what was stored.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG[,TAG]", help="Tag the snapshot (repeatable).")
+@click.option("--host", metavar="HOST", help="Record HOST instead of this machine's name.")
+@pass_state
+def image_command(
+    state: State, source: str, partition: int | None, all_blocks: bool, freeze: bool, freeze_timeout: float,
+    snapshot_mode: str | None, force: bool, verify: bool, tags: tuple[str, ...], host: str | None,
+) -> None:
+    """Image a whole disk (or one partition) into a new snapshot.
+
+    Partition tables, boot code and every partition are kept; ext2/3/4, FAT and NTFS are read
+    only where they store data, anything else whole with zero runs skipped. A second image of
+    the same disk stores only what changed.
+    """
+    from cairn.ops.image import ImageOptions, image
+
+    out = state.output
+    repo, created = access.ensure_repository(state.selection())
+    if created:
+        out.notice(created_default_notice(repo.backend.properties.location))
+    options = ImageOptions(
+        source=source, partition=partition, all_blocks=all_blocks, freeze=freeze, freeze_timeout=freeze_timeout,
+        snapshot=snapshot_mode, force=force, verify=verify, host=host,
+        tags=[t for value in tags for t in value.split(",") if t],
+    )
+    with out.progress("imaging") as progress:
+        result = image(repo, options, progress=progress)
+    for warning in result.warnings:
+        out.warn(warning)
+    if out.json_mode:
+        out.json(result.to_json())
+        return
+    for p in result.partitions:
+        out.result(f"  partition {p.number}: {p.fs}, {human_size(p.length)}, {human_size(p.used)} used")
+    out.result(
+        f"snapshot {result.snapshot_id.hex()[:8]} saved: {result.table} disk of {human_size(result.disk_size)}, "
+        f"{human_size(result.bytes_read)} read, {human_size(result.bytes_new)} new "
+        f"({human_size(result.bytes_stored)} stored) in {human_duration(result.duration)}"
+        + (", verified" if result.verified else "")
+    )
+
+
+@click.command("image-restore")
+@global_options
+@click.argument("snapshot")
+@click.argument("target", metavar="DEVICE|FILE")
+@click.option("--partition", type=int, metavar="N", help="Restore only partition N, to the start of TARGET.")
+@click.option("--yes", is_flag=True, help="Overwrite a device or existing file without asking.")
+@click.option("--delta/--no-delta", default=None,
+              help="Compare with what TARGET holds and write only differences (default: when it exists).")
+@click.option("--no-sparse", is_flag=True, help="Write zeros instead of leaving holes in a file.")
+@click.option("--verify", is_flag=True, help="Re-read the target and compare it with the image.")
+@pass_state
+def image_restore_command(
+    state: State, snapshot: str, target: str, partition: int | None, yes: bool, delta: bool | None,
+    no_sparse: bool, verify: bool,
+) -> None:
+    """Restore an image snapshot onto a device or into a file.
+
+    SNAPSHOT is an id prefix or 'latest'. A mounted target or one smaller than the image is
+    refused; onto a larger disk the GPT backup header moves to the new end.
+    """
+    from cairn.ops.image_restore import ImageRestoreOptions, image_restore
+
+    out = state.output
+    repo = access.open_repository(state.selection())
+
+    def confirm(question: str) -> bool:
+        if not is_terminal(sys.stdin):
+            return False
+        return click.confirm(f"cairn: {question}", default=False, err=True)
+
+    options = ImageRestoreOptions(
+        snapshot=snapshot, target=target, partition=partition, yes=yes, delta=delta, sparse=not no_sparse, verify=verify,
+    )
+    with out.progress("restoring") as progress:
+        result = image_restore(repo, options, confirm=confirm, progress=progress)
+    if out.json_mode:
+        out.json(result.to_json())
+        return
+    how = f"delta: {human_size(result.bytes_compared)} compared, " if result.delta else ""
+    out.result(
+        f"restored snapshot {result.snapshot_id.hex()[:8]} onto {result.target}: {how}"
+        f"{human_size(result.bytes_written)} written in {human_duration(result.duration)}"
+        + (", GPT backup moved to the end" if result.gpt_moved else "")
+        + (", verified" if result.verified else "")
+    )
+    if result.verified is False:
+        raise CairnError("the target does not match the image")

@@ -7,9 +7,8 @@ Format (tree format 1; the plaintext of a blob of type TREE)::
     entry   = msgpack map with these keys (strings):
       "name"    bin   raw file name bytes, never assumed UTF-8; not empty, not "." or "..",
                       no "/" and no NUL byte
-      "type"    str   "file" | "dir"  (reserved for later: "symlink", "fifo", "chardev",
-                      "blockdev"; readers keep entries of a type they do not know and
-                      skip them on restore)
+      "type"    str   "file" | "dir" | "symlink" | "fifo" | "chardev" | "blockdev"; readers
+                      keep entries of a type they do not know and skip them on restore
       "mode"    int   st_mode & 0o7777 (permission, setuid/setgid/sticky bits)
       "uid"     int   >= 0          "gid"   int  >= 0
       "user"    str   owner name, "" if unknown      "group"  str  group name, "" if unknown
@@ -17,10 +16,18 @@ Format (tree format 1; the plaintext of a blob of type TREE)::
       "size"    int   >= 0, files only: the number of content bytes
       "content" array of bin(32), files only: data blob ids, in file order
       "subtree" bin(32), dirs only: id of the folder's own tree blob
+      "target"  bin   symlinks only, required: the link target, raw bytes, 1..4095, no NUL
+      "rdev"    int   chardev/blockdev only, required: raw Linux st_rdev (0 .. 2**64-1)
+      "xattrs"  array of [bin name, bin value], optional, omitted when empty: every extended
+                      attribute (POSIX ACLs are system.posix_acl_access/_default), sorted by
+                      name, unique; name 1..255 bytes without NUL, value <= 65536 bytes
+      "links"   [int dev, int ino, int nlink], optional, non-dirs with nlink >= 2 only:
+                      hard-link identity; entries with equal (dev, ino) are one file
     Keys are written in the order above, so equal folders give equal bytes and dedup.
-    Readers MUST ignore keys they do not know (later versions add link targets, xattrs,
-    hardlink identity, device numbers as new keys) and MUST reject a known key of the
-    wrong type, a bad name, or unsorted/duplicate names as a damaged object.
+    Readers MUST ignore keys they do not know (and the optional keys above on a type they do
+    not belong to), and MUST reject a known key of the wrong type or out of bounds, a bad
+    name, or unsorted/duplicate names as a damaged object. Trees written before the optional
+    keys existed decode unchanged.
 
 The tree is parsed from a repository that may be malicious, so every field is checked here,
 once, and the layers above (restore above all) can trust a Node's name to be one path
@@ -38,8 +45,17 @@ from cairn.repo import encoding
 TREE_FORMAT = 1
 FILE = "file"
 DIR = "dir"
+SYMLINK = "symlink"
+FIFO = "fifo"
+CHARDEV = "chardev"
+BLOCKDEV = "blockdev"
 ID_SIZE = 32
 _MAX_MODE = 0o7777
+_U64 = 2**64 - 1
+MAX_TARGET = 4095  # PATH_MAX minus the NUL: Linux refuses longer symlink targets
+MAX_XATTR_NAME = 255  # XATTR_NAME_MAX
+MAX_XATTR_VALUE = 65536  # XATTR_SIZE_MAX
+MAX_XATTRS = 65536  # XATTR_LIST_MAX bytes of names cannot hold more
 
 
 @dataclass
@@ -59,6 +75,14 @@ class Node:
     size: int = 0
     content: list[bytes] = field(default_factory=list)
     subtree: bytes | None = None
+    target: bytes | None = None
+    """symlinks: the link target, raw bytes."""
+    rdev: int | None = None
+    """chardev/blockdev: the raw Linux st_rdev (os.major/os.minor split it)."""
+    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """(name, value) of every extended attribute, POSIX ACLs included, sorted by name."""
+    links: tuple[int, int, int] | None = None
+    """(st_dev, st_ino, st_nlink) of a non-folder with more than one hard link."""
 
 
 def name_error(name: object) -> str | None:
@@ -92,6 +116,18 @@ def _entry(node: Node) -> dict[str, Any]:
         if node.subtree is None:
             raise ValueError(f"folder {node.name!r} has no subtree id")
         entry["subtree"] = node.subtree
+    elif node.type == SYMLINK:
+        if not node.target:
+            raise ValueError(f"symlink {node.name!r} has no target")
+        entry["target"] = node.target
+    elif node.type in (CHARDEV, BLOCKDEV):
+        if node.rdev is None:
+            raise ValueError(f"device {node.name!r} has no device number")
+        entry["rdev"] = node.rdev
+    if node.xattrs:
+        entry["xattrs"] = [[k, v] for k, v in sorted(node.xattrs)]
+    if node.links is not None and node.type != DIR:
+        entry["links"] = list(node.links)
     return entry
 
 
@@ -149,7 +185,54 @@ def _decode_entry(entry: object, what: str) -> Node:
         node.content = [_blob_id(c, "content", where) for c in content]
     elif node.type == DIR:
         node.subtree = _blob_id(entry.get("subtree"), "subtree", where)
+    elif node.type == SYMLINK:
+        node.target = _target(entry, where)
+    elif node.type in (CHARDEV, BLOCKDEV):
+        node.rdev = _uint(entry, "rdev", where, _U64)
+    if "xattrs" in entry:
+        node.xattrs = _xattrs(entry["xattrs"], where)
+    if "links" in entry and node.type != DIR:
+        node.links = _links(entry["links"], where)
     return node
+
+
+def _target(entry: dict[str, Any], where: str) -> bytes:
+    """A symlink target is restored as it is (never followed by restore), so any bytes pass
+    except what no filesystem can hold: empty, NUL, longer than PATH_MAX."""
+    target = entry.get("target")
+    if not isinstance(target, bytes) or not 0 < len(target) <= MAX_TARGET or b"\0" in target:
+        raise DamagedObject(f"{where} is damaged: 'target' is not a symlink target")
+    return target
+
+
+def _xattrs(value: object, where: str) -> list[tuple[bytes, bytes]]:
+    """[[name, value], ...] sorted by name, names unique, sizes within the kernel's limits."""
+    bad = DamagedObject(f"{where} is damaged: 'xattrs' is not a list of [name, value]")
+    if not isinstance(value, list) or len(value) > MAX_XATTRS:
+        raise bad
+    pairs: list[tuple[bytes, bytes]] = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise bad
+        name, data = item
+        if not isinstance(name, bytes) or not isinstance(data, bytes):
+            raise bad
+        if not 0 < len(name) <= MAX_XATTR_NAME or b"\0" in name or len(data) > MAX_XATTR_VALUE:
+            raise DamagedObject(f"{where} is damaged: extended attribute {name[:40]!r} out of bounds")
+        if pairs and not pairs[-1][0] < name:
+            raise DamagedObject(f"{where} is damaged: extended attributes unsorted or duplicated")
+        pairs.append((name, data))
+    return pairs
+
+
+def _links(value: object, where: str) -> tuple[int, int, int]:
+    if (
+        not isinstance(value, list) or len(value) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _U64 for v in value)
+        or value[2] < 2
+    ):
+        raise DamagedObject(f"{where} is damaged: 'links' is not [device, inode, link count >= 2]")
+    return (value[0], value[1], value[2])
 
 
 def decode_tree(data: bytes, what: str) -> list[Node]:

@@ -1,0 +1,198 @@
+"""Read every piece of an entry's metadata at backup time, and set it back at restore time.
+
+The archiver calls `entry_type` and `capture` for each entry it walks (it adds the content or
+subtree itself); the restorer calls `apply` once an entry exists and its content is written.
+Both sides work relative to an open descriptor of the parent folder, never by a path string,
+so a folder renamed or replaced by a symlink during the walk cannot redirect them elsewhere.
+
+What is captured, and why it is enough for an exact copy:
+
+- mode with setuid/setgid/sticky, numeric owner (plus the names, for people reading a listing),
+  atime/mtime/ctime in ns (ctime cannot be set back; it is kept for `diff` and the files cache);
+- a symlink's target as raw bytes (never decoded, so any byte survives);
+- device numbers as the raw Linux `st_rdev` (`os.major`/`os.minor` split it);
+- every extended attribute readable by the caller, in every namespace. POSIX ACLs are the
+  `system.posix_acl_access` / `system.posix_acl_default` attributes: kept byte for byte and
+  written back the same way, they come back exactly (`getfacl` shows the same entries);
+- hard-link identity (device, inode, link count) for non-folders with more than one link, so a
+  restore can link the names again instead of writing the content twice.
+
+Order at restore matters: owner first (chown clears setuid/setgid and file capabilities), then
+extended attributes (ACLs, `security.capability`), then the mode (it must come after chown, and
+chmod after an ACL keeps both consistent), times last (every change before touches ctime only,
+but writing an attribute on some filesystems updates mtime). A symlink gets no chmod (Linux has
+no symlink modes) and its owner and times are set without following it.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat
+from functools import lru_cache
+
+from cairn.files.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+
+_TYPES = {
+    stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK,
+    stat.S_IFIFO: FIFO, stat.S_IFCHR: CHARDEV, stat.S_IFBLK: BLOCKDEV,
+}
+# Attributes the system assigns itself (SELinux labels and the like): never removed from a
+# restored entry just because the snapshot does not have them.
+_KEEP_PREFIX = b"security."
+_UNSUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def entry_type(st: os.stat_result) -> str | None:
+    """The tree `type` of an entry, or None for a socket (nothing to back up: it is recreated by
+    whatever program listens on it)."""
+    return _TYPES.get(stat.S_IFMT(st.st_mode))
+
+
+@lru_cache(maxsize=1024)
+def user_name(uid: int) -> str:
+    """The user name of `uid`, "" when the system does not know it (cached: one lookup per id)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return ""
+
+
+@lru_cache(maxsize=1024)
+def group_name(gid: int) -> str:
+    """The group name of `gid`, "" when the system does not know it (cached)."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except (KeyError, OverflowError):
+        return ""
+
+
+def _proc_path(parent_fd: int, name: bytes) -> bytes:
+    """A path reaching `name` through the open parent folder, for the calls Linux offers only by
+    path (l*xattr): /proc's magic link pins the folder itself, not a path that could change."""
+    return b"/proc/self/fd/%d/%s" % (parent_fd, name)
+
+
+def read_xattrs(parent_fd: int, name: bytes, fd: int | None = None) -> list[tuple[bytes, bytes]]:
+    """All extended attributes of an entry the caller may read, sorted by name.
+
+    A filesystem without xattr support gives []; an attribute removed between listing and
+    reading is left out. Through `fd` when given (files and folders), else without following a
+    symlink (special files: opening a device could have side effects).
+    """
+    target: int | bytes = fd if fd is not None else _proc_path(parent_fd, name)
+    try:
+        names = os.listxattr(target, follow_symlinks=False) if fd is None else os.listxattr(fd)
+    except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            return []
+        raise
+    found = []
+    for attr in names:
+        try:
+            value = os.getxattr(target, attr, follow_symlinks=fd is not None)
+        except OSError as exc:
+            if exc.errno in (errno.ENODATA, *_UNSUPPORTED):
+                continue
+            raise
+        found.append((os.fsencode(attr), value))
+    found.sort()
+    return found
+
+
+def capture(parent_fd: int, name: bytes, st: os.stat_result, fd: int | None = None) -> Node:
+    """A Node with every metadata field of the entry `name` in the folder `parent_fd`.
+
+    `st` is the entry's lstat (or fstat of `fd`); `fd`, when the caller has the entry open,
+    is used to read attributes from the very object whose content is read. Content and subtree
+    are left empty for the caller; `size` is st_size for a file (the archiver overwrites it with
+    the bytes it really read). Raises OSError when the entry vanished or cannot be read.
+    """
+    kind = entry_type(st)
+    if kind is None:
+        raise ValueError(f"{name!r} is a socket, which has no tree type")
+    node = Node(
+        name=name, type=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+        user=user_name(st.st_uid), group=group_name(st.st_gid),
+        mtime=st.st_mtime_ns, atime=st.st_atime_ns, ctime=st.st_ctime_ns,
+    )
+    if kind == FILE:
+        node.size = st.st_size
+    elif kind == SYMLINK:
+        node.target = os.readlink(name, dir_fd=parent_fd)
+    elif kind in (CHARDEV, BLOCKDEV):
+        node.rdev = st.st_rdev
+    if kind != DIR and st.st_nlink > 1:
+        node.links = (st.st_dev, st.st_ino, st.st_nlink)
+    node.xattrs = read_xattrs(parent_fd, name, fd)
+    return node
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _set_xattrs(parent_fd: int, name: bytes, node: Node, fd: int | None) -> list[str]:
+    """Make the entry's attributes those of `node`: set each, remove the ones the snapshot does
+    not have (an ACL inherited from a folder's default ACL, a stale one from an earlier file)."""
+    warnings: list[str] = []
+    target: int | bytes = fd if fd is not None else _proc_path(parent_fd, name)
+    follow = fd is not None
+    wanted = dict(node.xattrs)
+    try:
+        present = [os.fsencode(a) for a in os.listxattr(target, follow_symlinks=follow)]
+    except OSError as exc:
+        if wanted:
+            warnings.append(f"extended attributes not restored: {_why(exc)}")
+        return warnings
+    for attr in present:
+        if attr not in wanted and not attr.startswith(_KEEP_PREFIX):
+            try:
+                os.removexattr(target, attr, follow_symlinks=follow)
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:
+                    warnings.append(f"extended attribute {os.fsdecode(attr)} not removed: {_why(exc)}")
+    for attr, value in node.xattrs:
+        try:
+            os.setxattr(target, attr, value, follow_symlinks=follow)
+        except OSError as exc:
+            warnings.append(f"extended attribute {os.fsdecode(attr)} not restored: {_why(exc)}")
+    return warnings
+
+
+def apply(parent_fd: int, name: bytes, node: Node, *, owner: bool, fd: int | None = None) -> list[str]:
+    """Set the metadata of `node` on the entry `name` in `parent_fd` (or on `fd`, the entry
+    itself, open). Returns one message per thing that could not be set, never raises for those:
+    a restore as a normal user still gets modes, times and attributes right.
+
+    `owner=False` skips ownership without a warning (the caller notes once that it is not root).
+    """
+    warnings: list[str] = []
+    is_link = node.type == SYMLINK
+    if owner:
+        try:
+            if fd is not None:
+                os.fchown(fd, node.uid, node.gid)
+            else:
+                os.chown(name, node.uid, node.gid, dir_fd=parent_fd, follow_symlinks=False)
+        except OSError as exc:
+            warnings.append(f"owner {node.uid}:{node.gid} not restored: {_why(exc)}")
+    warnings += _set_xattrs(parent_fd, name, node, fd)
+    if not is_link:
+        try:
+            if fd is not None:
+                os.fchmod(fd, node.mode)
+            else:
+                os.chmod(name, node.mode, dir_fd=parent_fd, follow_symlinks=False)
+        except OSError as exc:
+            warnings.append(f"mode {node.mode:o} not restored: {_why(exc)}")
+    try:
+        if fd is not None:
+            os.utime(fd, ns=(node.atime, node.mtime))
+        else:
+            os.utime(name, ns=(node.atime, node.mtime), dir_fd=parent_fd, follow_symlinks=False)
+    except OSError as exc:
+        warnings.append(f"times not restored: {_why(exc)}")
+    return warnings

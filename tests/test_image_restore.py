@@ -1,0 +1,121 @@
+"""Restores beyond the plain case: delta onto an older state, a larger disk, refusals."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_image_ext import dumpe2fs_used, ext_disk
+from test_image_support import (
+    MiB, file_sha, image_of, loop, mounted, needs, needs_root, new_repo, partitions_of, put, random_file,
+    restore_to, run, sfdisk,
+)
+
+from cairn.errors import UsageError
+from cairn.image.pages import iter_chunks
+from cairn.ops.image_restore import load_disk
+from cairn.repo.repository import Repository
+from cairn.repo.snapshot import Snapshot
+
+
+def chunk_ids(repo: Repository, snapshot: bytes) -> dict[tuple[int, int], tuple[int, bytes]]:
+    _, disk = load_disk(repo, snapshot.hex())
+    return {
+        (region.start, ref.index): (ref.kind, ref.blob_id)
+        for region in disk.regions for ref in iter_chunks(repo, disk, region)
+    }
+
+
+@needs("sfdisk", "mkfs.ext4", "debugfs", "dumpe2fs")
+def test_delta_restore_writes_only_the_chunks_that_changed(tmp_path: Path) -> None:
+    disk, fs, part = ext_disk(tmp_path)
+    repo = new_repo()
+    old = image_of(repo, disk).snapshot_id
+    target = tmp_path / "target.img"
+    restore_to(repo, old, target)  # the target now holds the older state
+    random_file(tmp_path / "new.bin", 3 * MiB, seed=31)
+    run("debugfs", "-w", "-R", f"write {tmp_path / 'new.bin'} new.bin", str(fs))
+    put(disk, part["start"] * 512, fs)
+    new = image_of(repo, disk).snapshot_id
+    before, after = chunk_ids(repo, old), chunk_ids(repo, new)
+    changed = [k for k in after if after[k] != before[k] and after[k][0] != 1]  # 1 = UNUSED
+    assert 3 <= len(changed) <= 10, len(changed)
+    done = restore_to(repo, new, target)
+    assert done.delta and done.chunks_written == len(changed)
+    assert done.bytes_written <= len(changed) * MiB
+    block, used = dumpe2fs_used(fs)
+    start = part["start"] * 512
+    with open(fs, "rb") as a, open(target, "rb") as b:
+        for n in sorted(used):
+            a.seek(n * block)
+            b.seek(start + n * block)
+            assert a.read(block) == b.read(block), n
+    again = restore_to(repo, new, target)
+    assert again.chunks_written == 0 and again.bytes_written == 0
+
+
+@needs("sfdisk", "mkfs.ext4", "dumpe2fs")
+def test_garbage_in_free_blocks_does_not_count_as_a_difference(tmp_path: Path) -> None:
+    """Unused blocks inside a partly used chunk are masked before hashing, as when imaged."""
+    disk, fs, part = ext_disk(tmp_path)
+    repo = new_repo()
+    snap = image_of(repo, disk).snapshot_id
+    target = tmp_path / "target.img"
+    restore_to(repo, snap, target)
+    block, used = dumpe2fs_used(fs)
+    free = sorted(set(range(96 * MiB // block)) - used)
+    for n in free[:: max(1, len(free) // 200)]:
+        put(target, part["start"] * 512 + n * block, b"\xa5" * block)
+    done = restore_to(repo, snap, target)
+    assert done.chunks_written == 0 and done.chunks_same > 0
+
+
+@needs("sfdisk", "sgdisk", "mkfs.ext4", "e2fsck")
+def test_restore_onto_a_larger_disk_moves_the_gpt_backup(tmp_path: Path) -> None:
+    disk, fs, part = ext_disk(tmp_path)
+    repo = new_repo()
+    snap = image_of(repo, disk).snapshot_id
+    bigger = tmp_path / "bigger.img"
+    with open(bigger, "wb") as f:
+        f.truncate(192 * MiB)
+    done = restore_to(repo, snap, bigger, verify=True)
+    assert done.gpt_moved and done.verified and done.target_size == 192 * MiB
+    verdict = run("sgdisk", "-v", str(bigger))
+    assert "No problems found" in verdict, verdict
+    dump = run("sfdisk", "-d", str(bigger))
+    assert f"last-lba: {192 * MiB // 512 - 34}" in dump
+    assert [p["start"] for p in partitions_of(bigger)] == [part["start"]]
+    volume = tmp_path / "volume.img"
+    with open(bigger, "rb") as f:
+        f.seek(part["start"] * 512)
+        volume.write_bytes(f.read(part["size"] * 512))
+    assert subprocess.run(["e2fsck", "-fn", str(volume)], capture_output=True).returncode == 0
+
+
+def test_a_files_snapshot_is_not_an_image(tmp_path: Path) -> None:
+    repo = new_repo()
+    snap = repo.save_snapshot(Snapshot("files", b"\0" * 32, [b"/x"], "h", "u"))
+    with pytest.raises(UsageError, match="not an image"):
+        restore_to(repo, snap, tmp_path / "out.img")
+
+
+@needs_root
+@pytest.mark.root
+@needs("sfdisk", "mkfs.ext4", "losetup", "mount")
+def test_a_mounted_target_is_refused(tmp_path: Path) -> None:
+    disk, fs, part = ext_disk(tmp_path, garbage=False)
+    repo = new_repo()
+    snap = image_of(repo, disk).snapshot_id
+    target = tmp_path / "target.img"
+    target.write_bytes(disk.read_bytes())
+    before = file_sha(target)
+    start, length = part["start"] * 512, part["size"] * 512
+    with loop(target, offset=start, sizelimit=length) as partition:
+        with mounted(partition, tmp_path / "mnt"):
+            for victim in (target, partition):
+                with pytest.raises(UsageError, match="in use"):
+                    restore_to(repo, snap, victim)
+    assert file_sha(target) == before
+    with loop(target) as whole:
+        restore_to(repo, snap, whole)  # unmounted now: allowed

@@ -119,3 +119,29 @@ def test_a_mounted_target_is_refused(tmp_path: Path) -> None:
     assert file_sha(target) == before
     with loop(target) as whole:
         restore_to(repo, snap, whole)  # unmounted now: allowed
+
+
+@needs("sfdisk", "mkfs.ext4")
+def test_verify_finds_a_changed_used_byte_and_progress_reaches_the_total(tmp_path: Path) -> None:
+    from cairn.image.verify import compare
+    from cairn.image.device import Device
+    from cairn.ops.image import ImageOptions, image
+
+    disk, fs, part = ext_disk(tmp_path)
+    repo = new_repo()
+    seen: list[tuple[str, int, int]] = []
+    result = image(repo, ImageOptions(source=str(disk), verify=True), progress=lambda p: seen.append((p.phase, p.bytes_done, p.total_bytes)))
+    imaging = [s for s in seen if s[0] == "imaging"]
+    assert imaging[-1][1] == imaging[-1][2] == result.bytes_used
+    assert [d for _, d, _ in imaging] == sorted(d for _, d, _ in imaging)
+    assert seen[-1][0] == "verifying" and seen[-1][1] == seen[-1][2]
+    out = tmp_path / "out.img"
+    restore_to(repo, result.snapshot_id, out)
+    _, description = load_disk(repo, result.snapshot_id.hex())
+    with Device(str(out)) as dev:
+        assert compare(repo, description, dev, description.regions, 0, description.tables) == []
+    put(out, part["start"] * 512 + 1024 + 100, b"\xff")  # inside the ext4 superblock
+    put(out, 512 + 100, b"\xff")  # inside the GPT header
+    with Device(str(out)) as dev:
+        problems = compare(repo, description, dev, description.regions, 0, description.tables)
+    assert len(problems) == 2 and "partition table" in problems[1]

@@ -1,0 +1,63 @@
+"""Printing snapshot entries, shared by ls, find and diff: long lines and JSON lines.
+
+Listings can run to millions of lines, so they are written straight to the buffered stdout
+(click.echo flushes every line), and their JSON is one compact object per line (NDJSON, as
+restic's ``ls --json`` prints) rather than one document that must be complete before it parses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from cairn.files.tree import Node
+from cairn.ops.browse import Entry, display, mode_string
+
+_ID_WIDTH = 8
+
+
+def write_line(text: str) -> None:
+    """One line of a listing on stdout, without a flush per line."""
+    sys.stdout.write(text + "\n")
+
+
+def write_json_line(data: Any) -> None:
+    """One JSON object on one line (its strings are never split, control characters escaped)."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def _owner(name: str, number: int) -> str:
+    return name or str(number)
+
+
+def _size_column(node: Node) -> str:
+    rdev = getattr(node, "rdev", None)
+    if node.type in ("chardev", "blockdev") and isinstance(rdev, int):
+        return f"{os.major(rdev)}, {os.minor(rdev)}"
+    return str(node.size) if node.type == "file" else "0"
+
+
+def mtime_text(ns: int) -> str:
+    """Local time to the second, as `ls -l --time-style=long-iso` and restic show it."""
+    when = datetime.fromtimestamp(ns // 1_000_000_000, tz=timezone.utc).astimezone()
+    return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def long_line(entry: Entry) -> str:
+    """``-rw-r--r-- alice    staff       1234 2024-05-01 10:00:00 /home/alice/a.txt``."""
+    node = entry.node
+    line = (
+        f"{mode_string(node)} {_owner(node.user, node.uid):<{_ID_WIDTH}} {_owner(node.group, node.gid):<{_ID_WIDTH}} "
+        f"{_size_column(node):>12} {mtime_text(node.mtime)} {entry.display_path}"
+    )
+    target = getattr(node, "target", None)
+    if node.type == "symlink" and isinstance(target, bytes):
+        line += f" -> {display(target)}"
+    return line
+
+
+def flush() -> None:
+    sys.stdout.flush()

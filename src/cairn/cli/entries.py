@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
+
+import click
 
 from cairn.files.tree import Node
 from cairn.ops.browse import Entry, display, mode_string
@@ -61,3 +65,23 @@ def long_line(entry: Entry) -> str:
 
 def flush() -> None:
     sys.stdout.flush()
+
+
+@contextmanager
+def listing() -> Iterator[None]:
+    """Flush the listing at the end, and end quietly when the reader left (``cairn ls | head``).
+
+    A closed pipe is not a failure of ours: no traceback, exit code 1 as `cairn.cli.main.main`
+    gives it. stdout is pointed at /dev/null first, so the interpreter's final flush of what is
+    still buffered cannot fail again on the way out.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # not a real file (tests capture stdout in memory)
+            pass
+        raise click.exceptions.Exit(1) from None

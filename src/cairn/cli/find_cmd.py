@@ -8,7 +8,7 @@ from datetime import datetime
 import click
 
 from cairn.cli.context import State, global_options, pass_state
-from cairn.cli.entries import flush, long_line, write_line
+from cairn.cli.entries import listing, long_line, write_line
 from cairn.cli.output import local_time
 from cairn.ops import access
 from cairn.ops.find import FindGroup, FindOptions, find
@@ -78,10 +78,9 @@ def command(
                 write_line(long_line(entry))
         groups += 1
 
-    try:
+    with listing():
         result = find(repo, options, on_group)
         if out.json_mode:
             write_line("]" if groups else "[]")
-    finally:
-        flush()
-    out.result(f"{result.hits:,} matches in {groups} of {result.snapshots} snapshots")
+        elif not out.quiet:
+            write_line(f"{result.hits:,} matches in {groups} of {result.snapshots} snapshots")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cairn.cli.context import State, global_options, pass_state
-from cairn.cli.entries import flush, long_line, write_json_line, write_line
+from cairn.cli.entries import listing, long_line, write_json_line, write_line
 from cairn.ops import access
 from cairn.ops.browse import Entry
 from cairn.ops.ls import LsOptions, ls
@@ -48,7 +48,5 @@ def command(state: State, snapshot: str, paths: tuple[str, ...], long_format: bo
         else:
             write_line(entry.display_path)
 
-    try:
+    with listing():
         ls(repo, LsOptions(snapshot, list(paths), recursive), on_entry, on_snapshot)
-    finally:
-        flush()

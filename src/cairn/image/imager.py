@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cairn.errors import NotFound
 from cairn.image import chunks as chunks_mod
 from cairn.image import fs as fs_mod
 from cairn.image import partitions
@@ -29,6 +30,7 @@ from cairn.repo.repository import Repository
 
 DEFAULT_CHUNK = 1 << 20
 PAGE_BYTES = 64 << 30
+SETTLE_EVERY = 256
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) of the used data to read, from the calling thread."""
 
@@ -42,7 +44,20 @@ class ImageStats:
     chunks: dict[str, int] = field(default_factory=lambda: {"data": 0, "partial": 0, "zero": 0, "unused": 0})
     blobs_new: int = 0
     bytes_new: int = 0
-    new_ids: list[bytes] = field(default_factory=list)
+    bytes_stored: int = 0
+    """Sealed size of the new blobs, counted once their pack is uploaded (see `settle`)."""
+    pending: list[bytes] = field(default_factory=list)
+
+    def settle(self, repo: Repository) -> None:
+        """Count the stored size of new blobs whose pack has reached the index; the rest wait.
+        Keeps memory bounded by one pack's worth of ids rather than one id per new chunk."""
+        waiting = []
+        for blob_id in self.pending:
+            try:
+                self.bytes_stored += repo.lookup(blob_id).length
+            except NotFound:
+                waiting.append(blob_id)
+        self.pending = waiting
 
 
 @dataclass
@@ -162,6 +177,7 @@ class Imager:
         self._lock = threading.Lock()
         self._done = 0
         self._total = 0
+        self._settle_at = SETTLE_EVERY
 
     def run(self, disk: Disk, plans: list[Plan], base: int = 0) -> None:
         """Image every planned region; `base` is the byte on the device where the disk starts."""
@@ -198,7 +214,10 @@ class Imager:
             if result is not None and result[1]:
                 self.stats.blobs_new += 1
                 self.stats.bytes_new += length
-                self.stats.new_ids.append(result[0])
+                self.stats.pending.append(result[0])
+                if len(self.stats.pending) >= self._settle_at:
+                    self.stats.settle(self.repo)
+                    self._settle_at = max(SETTLE_EVERY, 2 * len(self.stats.pending))
             if used:
                 self._done += used
                 if self.progress is not None:

@@ -179,7 +179,8 @@ def image(repo: Repository, options: ImageOptions, progress: Callable[[ImageProg
                 "before imaging finished; no snapshot saved (raise --freeze-timeout)"
             )
         stats = imager.stats
-        stored = sum(repo.lookup(i).length for i in stats.new_ids)
+        stats.settle(repo)  # after flush every new blob is in the index
+        stored = stats.bytes_stored
         duration = time.monotonic() - start
         summary = {
             "disk_size": disk.size, "table": disk.table, "bytes_used": stats.bytes_used,

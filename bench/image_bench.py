@@ -1,0 +1,193 @@
+"""Image benchmark: cairn beside `partclone.extfs | zstd` and `dd | zstd` on one ext4 partition.
+
+    sudo python bench/image_bench.py [--size-mib 1024] [--used-mib 500] [--change-mib 20]
+                                     [--chunks 1,4] [--runs 1] [--json out.json]
+
+Builds an ext4 partition image of --size-mib filled with about --used-mib of real files (from
+/usr/lib), then a changed copy: the partition is loop-mounted read-write, --change-mib/2 of new
+files are written and as much of existing files overwritten in place (so the journal, bitmaps
+and inode tables change as they do on a real machine), and unmounted. Needs root for that mount.
+
+Figures per tool: first image (seconds, stored bytes), second image of the changed partition
+(seconds, bytes the repository or archive grew), full restore, and for cairn a delta restore
+of the changed image onto a target holding the first one. The page cache is warm for all
+tools (each source is read once before), so this measures the pipelines, not the disk. cairn
+runs in-process through the ops API (no interpreter start-up); the others as shell pipelines.
+On a shared machine, compare ratios, not absolute seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from cairn.ops.image import ImageOptions, image  # noqa: E402
+from cairn.ops.image_restore import ImageRestoreOptions, image_restore  # noqa: E402
+from cairn.repo.keys import KdfParams  # noqa: E402
+from cairn.repo.repository import Repository  # noqa: E402
+from cairn.storage.local import LocalBackend  # noqa: E402
+
+MiB = 1 << 20
+
+
+def sh(command: str) -> float:
+    start = time.monotonic()
+    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def stage(work: Path, used: int) -> Path:
+    """Copy about `used` bytes of /usr/lib (binaries, libraries, data: typical system content)."""
+    root = work / "stage"
+    total = 0
+    for folder, dirs, files in os.walk("/usr/lib"):
+        dirs.sort()
+        for name in sorted(files):
+            src = Path(folder) / name
+            if src.is_symlink() or not src.is_file():
+                continue
+            size = src.stat().st_size
+            if total + size > used:
+                return root
+            dst = root / src.relative_to("/usr/lib")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            total += size
+    return root
+
+
+def make_partitions(work: Path, size: int, used: int, change: int) -> tuple[Path, Path]:
+    first = work / "part1.img"
+    with open(first, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", str(stage(work, used)), str(first)], check=True)
+    second = work / "part2.img"
+    shutil.copyfile(first, second)
+    mnt = work / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(second), str(mnt)], check=True)
+    try:
+        (mnt / "new").mkdir()
+        for i in range(max(1, change // 2 // MiB)):
+            (mnt / "new" / f"f{i}.bin").write_bytes(os.urandom(MiB))
+        left = change // 2
+        for path in sorted(p for p in mnt.rglob("*") if p.is_file() and "new" not in p.parts)[::7]:
+            if left <= 0:
+                break
+            n = min(path.stat().st_size, left)
+            with open(path, "r+b") as f:
+                f.write(os.urandom(n))
+            left -= n
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    return first, second
+
+
+def bench_cairn(work: Path, first: Path, second: Path, chunk: int) -> dict[str, float]:
+    repo_dir = work / f"repo-{chunk}"
+    repo = Repository.init(LocalBackend(str(repo_dir)), b"pw", KdfParams(iterations=1, memory_kib=8, lanes=1))
+    out: dict[str, float] = {}
+    start = time.monotonic()
+    one = image(repo, ImageOptions(source=str(first), chunk_size=chunk))
+    out["image1_s"], out["image1_bytes"] = time.monotonic() - start, du(repo_dir)
+    start = time.monotonic()
+    two = image(repo, ImageOptions(source=str(second), chunk_size=chunk))
+    out["image2_s"], out["image2_bytes"] = time.monotonic() - start, du(repo_dir) - out["image1_bytes"]
+    target = work / f"target-{chunk}.img"
+    start = time.monotonic()
+    image_restore(repo, ImageRestoreOptions(two.snapshot_id.hex(), str(target), yes=True))
+    out["restore_sparse_s"] = time.monotonic() - start
+    image_restore(repo, ImageRestoreOptions(one.snapshot_id.hex(), str(target), yes=True, delta=False))
+    subprocess.run(["sync"], check=True)
+    start = time.monotonic()
+    delta = image_restore(repo, ImageRestoreOptions(two.snapshot_id.hex(), str(target), yes=True))
+    out["restore_delta_s"], out["delta_written"] = time.monotonic() - start, delta.bytes_written
+    subprocess.run(["sync"], check=True)
+    start = time.monotonic()
+    image_restore(repo, ImageRestoreOptions(two.snapshot_id.hex(), str(target), yes=True, delta=False))
+    out["restore_full_s"] = time.monotonic() - start
+    out["used_bytes"] = two.bytes_used
+    target.unlink()
+    shutil.rmtree(repo_dir)
+    return out
+
+
+def bench_partclone(work: Path, first: Path, second: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    one, two = work / "pc1.zst", work / "pc2.zst"
+    out["image1_s"] = sh(f"partclone.extfs -c -q -s {first} -o - | zstd -3 -T2 -q -c > {one}")
+    out["image1_bytes"] = one.stat().st_size
+    out["image2_s"] = sh(f"partclone.extfs -c -q -s {second} -o - | zstd -3 -T2 -q -c > {two}")
+    out["image2_bytes"] = two.stat().st_size
+    target = work / "pc-target.img"
+    with open(target, "wb") as f:
+        f.truncate(second.stat().st_size)
+    subprocess.run(["sync"], check=True)
+    out["restore_full_s"] = sh(f"zstd -d -q -c {two} | partclone.extfs -r -q -s - -O {target}")
+    for p in (one, two, target):
+        p.unlink()
+    return out
+
+
+def bench_dd(work: Path, first: Path, second: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    one, two = work / "dd1.zst", work / "dd2.zst"
+    out["image1_s"] = sh(f"dd if={first} bs=4M status=none | zstd -3 -T2 -q -c > {one}")
+    out["image1_bytes"] = one.stat().st_size
+    out["image2_s"] = sh(f"dd if={second} bs=4M status=none | zstd -3 -T2 -q -c > {two}")
+    out["image2_bytes"] = two.stat().st_size
+    target = work / "dd-target.img"
+    out["restore_full_s"] = sh(f"zstd -d -q -c {two} | dd of={target} bs=4M status=none")
+    for p in (one, two, target):
+        p.unlink()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--used-mib", type=int, default=500)
+    parser.add_argument("--change-mib", type=int, default=20)
+    parser.add_argument("--chunks", default="1,4", help="cairn chunk sizes to try, MiB")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cairn-image-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
+        work = Path(tmp)
+        first, second = make_partitions(work, args.size_mib * MiB, args.used_mib * MiB, args.change_mib * MiB)
+        for p in (first, second):
+            subprocess.run(["cat", str(p)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+        results: dict[str, list[dict[str, float]]] = {}
+        for _ in range(args.runs):
+            results.setdefault("partclone|zstd", []).append(bench_partclone(work, first, second))
+            results.setdefault("dd|zstd", []).append(bench_dd(work, first, second))
+            for mib in (int(c) for c in args.chunks.split(",")):
+                results.setdefault(f"cairn {mib} MiB", []).append(bench_cairn(work, first, second, mib * MiB))
+    keys = ["image1_s", "image1_bytes", "image2_s", "image2_bytes", "restore_full_s", "restore_sparse_s", "restore_delta_s", "delta_written"]
+    print(f"{'tool':<16}" + "".join(f"{k:>17}" for k in keys))
+    for tool, runs in results.items():
+        row = []
+        for k in keys:
+            values = sorted(r[k] for r in runs if k in r)
+            v = values[len(values) // 2] if values else None
+            row.append("-" if v is None else f"{v / MiB:.1f} MiB" if "bytes" in k or "written" in k else f"{v:.2f}")
+        print(f"{tool:<16}" + "".join(f"{c:>17}" for c in row))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

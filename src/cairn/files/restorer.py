@@ -1,34 +1,58 @@
-"""Write a snapshot's files and folders back under a target folder.
+"""Write a snapshot's entries back under a target folder.
 
-Safety against a malicious snapshot or a hostile target: every name was checked by
-`decode_tree` to be one path component, and every file and folder is created relative to an
-open descriptor of its parent, never by a path string, with O_NOFOLLOW. A symlink already in the
-target is never followed: it is replaced like any other file in the way, or refused where a
-folder must be entered. Existing files are unlinked and created anew rather than truncated, so a
-hard link planted in the target cannot carry the write to a file elsewhere.
+Shape: the calling thread walks the trees depth-first and does everything that changes a folder
+(mkdir, create, unlink, symlink, mkfifo, mknod, link, delete); file contents are written by a
+pool of writer threads, each file through the descriptor the walker created it with, while a
+loader pool reads and decrypts the next blobs. A semaphore bounds the files in flight, so memory
+stays near writers * (PREFETCH + 1) * max chunk size whatever the file sizes.
 
-Folders' metadata is applied after their content (post-order), because creating an entry changes
-the parent's mtime, and a read-only folder could not be filled.
+Safety against a malicious snapshot or a hostile target: every name was checked by `decode_tree`
+to be one path component; every entry is reached relative to an open descriptor of its parent,
+with O_NOFOLLOW; nothing existing is followed, opened for writing or kept unless it is a
+single-link entry of the right type (restore_entries). Within a folder, symlinks are created
+last, after everything else in it, so no step of this run can pass through one.
+
+Order: a folder's metadata is applied when the walk leaves it and the writers are done with its
+files (entries created later would change its mtime; a read-only folder could not be filled).
+A file's metadata is applied after its content (a write clears setuid bits and capabilities).
+Resuming: a file interrupted half-way lacks its final size or mtime (set last), so a second run
+rewrites it, while complete files are compared (or, with if-changed, just stat'ed) and kept.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import stat
-from collections import deque
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cairn.errors import DamagedObject
-from cairn.files.tree import DIR, FILE, Node, decode_tree
+from cairn.errors import CairnError
+from cairn.files import metadata
+from cairn.files import restore_content as content
+from cairn.files.restore_entries import (
+    ALWAYS, DIR_FLAGS, IF_NEWER, NEVER, NEW_FILE_FLAGS, Action, decide, list_names, lstat_at,
+    make_special, open_folder, remove,
+)
+from cairn.files.restore_select import Selection
+from cairn.files.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree
 from cairn.repo.repository import Repository
 
-WORKERS = 4
-PREFETCH = 8  # blobs loaded ahead of the writer; memory ~ PREFETCH * max chunk size
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+WORKERS = max(2, min(8, os.cpu_count() or 2))
+IN_FLIGHT = 2 * WORKERS
+MAX_LISTED = 1000  # messages kept per kind; the counts stay exact
+
+
+@dataclass
+class RestoreSettings:
+    overwrite: str = ALWAYS
+    delete: bool = False
+    verify: bool = False
+    sparse: bool = True
+    selection: Selection = field(default_factory=Selection)
+    owner: bool | None = None
+    """Restore owners; None: when running as root (only root can give files away)."""
 
 
 @dataclass
@@ -37,15 +61,36 @@ class RestoreProgress:
     files: int
     dirs: int
     bytes_written: int
+    bytes_done: int
+    total_bytes: int
 
 
 @dataclass
 class RestoreResult:
     files: int = 0
+    """Regular files written."""
+    unchanged: int = 0
+    """Files (and other entries) found already as in the snapshot and left in place."""
     dirs: int = 0
+    specials: int = 0
+    """Symlinks, FIFOs and device nodes created."""
+    links: int = 0
+    """Hard links made to a file restored earlier in the run."""
+    deleted: int = 0
+    verified: int = 0
     bytes_written: int = 0
+    """Content bytes of the files written (a sparse file's holes count, as its size does)."""
+    bytes_on_disk: int = 0
+    """What was really written: holes are skipped."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    """(path, reason): entries of a type this version cannot restore, or a folder in the way."""
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    """(path, reason) of files restored wrongly or not at all: damaged data, failed --verify."""
+    damage: CairnError | None = None
+    """The first error that came from the repository (not from the target): its class sets the
+    exit code."""
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"skipped": 0, "warnings": 0, "errors": 0})
 
 
 def load_tree(repo: Repository, tree_id: bytes) -> list[Node]:
@@ -54,145 +99,417 @@ def load_tree(repo: Repository, tree_id: bytes) -> list[Node]:
 
 @dataclass
 class _Frame:
-    fd: int
-    todo: Iterator[Node]
-    node: Node | None  # the folder's own entry, None for the target itself
-    path: bytes  # relative to the target, for messages
+    """A snapshot folder being restored; its target folder is opened (created) on first need."""
+
+    node: Node | None  # None for the target itself when no folder node describes it
+    path: bytes  # inside the snapshot, for patterns
+    rel: bytes  # inside the target, for messages and hard links
+    parent: _Frame | None
+    entries: list[Node]
+    selected: bool  # an include names this folder or one above it
+    fd: int | None = None
+    apply: bool = True
+    blocked: bool = False
+    strays: bool = True  # --delete may remove what the snapshot folder does not have
+    pending: list[Future[None]] = field(default_factory=list)
+    index: int = 0
 
 
-class _Restorer:
-    def __init__(self, repo: Repository, progress: Callable[[RestoreProgress], None] | None) -> None:
-        self.repo = repo
-        self.progress = progress
+def _ordered(nodes: list[Node]) -> list[Node]:
+    return sorted(nodes, key=lambda n: n.type == SYMLINK)  # stable: symlinks last
+
+
+class Restorer:
+    def __init__(self, repo: Repository, settings: RestoreSettings,
+                 progress: Callable[[RestoreProgress], None] | None) -> None:
+        self.repo, self.settings, self.progress = repo, settings, progress
         self.result = RestoreResult()
-        self.as_root = os.geteuid() == 0
-        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-restore")
+        self.owner = os.geteuid() == 0 if settings.owner is None else settings.owner
+        self.zeros = content.ZeroBlobs()
+        self.lock = threading.Lock()
+        self.writers = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-restore")
+        self.loaders = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-load")
+        self.slots = threading.BoundedSemaphore(IN_FLIGHT)
+        self.linked: dict[tuple[int, int], tuple[bytes, Future[None] | None]] = {}
+        self.waiting: list[_Frame] = []  # left by the walk, files still being written
+        self.top_fd = -1
+        self.bytes_done = 0
+        self.total_bytes = 0
 
-    def report(self, path: bytes) -> None:
+    # -- reporting -------------------------------------------------------------------------
+    def note(self, kind: str, rel: bytes, text: str) -> None:
+        with self.lock:
+            self.result.counts[kind] += 1
+            listed: list[tuple[str, str]] = getattr(self.result, kind)
+            if len(listed) < MAX_LISTED:
+                listed.append((os.fsdecode(rel) or ".", text))
+
+    def report(self, rel: bytes) -> None:
         if self.progress is not None:
             r = self.result
-            self.progress(RestoreProgress(os.fsdecode(path), r.files, r.dirs, r.bytes_written))
+            self.progress(RestoreProgress(os.fsdecode(rel), r.files + r.unchanged, r.dirs, r.bytes_written,
+                                          self.bytes_done, self.total_bytes))
 
-    def run(self, nodes: list[Node], target: str) -> RestoreResult:
+    def count(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self.result, name, getattr(self.result, name) + n)
+
+    # -- the walk ----------------------------------------------------------------------------
+    def run(self, top: _Frame, target: str) -> RestoreResult:
+        if not self.owner and os.geteuid() != 0:
+            self.result.notes.append("not running as root: owners are not restored (files belong to you)")
+        existed = os.path.isdir(target)
         os.makedirs(target, exist_ok=True)
-        stack = [_Frame(os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), iter(nodes), None, b"")]
+        self.top_fd = top.fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if existed and top.node is not None:  # the target stands for the folder restored into it
+            mode, mtime = self.settings.overwrite, os.fstat(top.fd).st_mtime_ns
+            top.apply = mode != NEVER and not (mode == IF_NEWER and top.node.mtime <= mtime)
+        stopped = threading.Event()
+        if self.progress is not None:
+            threading.Thread(target=self.measure, args=(top, stopped), daemon=True, name="cairn-measure").start()
+        stack = [top]
         try:
             while stack:
                 frame = stack[-1]
-                node = next(frame.todo, None)
-                if node is None:
-                    stack.pop()
-                    try:
-                        if frame.node is not None:
-                            self.apply_metadata(frame.fd, frame.node)
-                    finally:
-                        os.close(frame.fd)
-                    continue
-                path = frame.path + b"/" + node.name if frame.path else node.name
-                self.report(path)
-                if node.type == DIR:
-                    child = self.enter_folder(frame.fd, node, path)
+                if frame.index < len(frame.entries):
+                    node = frame.entries[frame.index]
+                    frame.index += 1
+                    child = self.visit(frame, node)
                     if child is not None:
                         stack.append(child)
-                elif node.type == FILE:
-                    self.write_file(frame.fd, node, path)
                 else:
-                    self.skip(path, f"entry type {node.type!r} is not restored by this version")
+                    stack.pop()
+                    self.leave(frame)
+                self.reap(wait=False)
+            self.reap(wait=True)
         finally:
-            for frame in stack:
-                os.close(frame.fd)
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            stopped.set()
+            self.writers.shutdown(wait=True, cancel_futures=True)
+            self.loaders.shutdown(wait=True, cancel_futures=True)
+            for frame in stack + self.waiting:
+                if frame.fd is not None and frame.fd != self.top_fd:
+                    os.close(frame.fd)
+            os.close(self.top_fd)
         return self.result
 
-    def skip(self, path: bytes, reason: str) -> None:
-        self.result.skipped.append((os.fsdecode(path), reason))
-
-    def enter_folder(self, parent: int, node: Node, path: bytes) -> _Frame | None:
-        assert node.subtree is not None
+    def measure(self, top: _Frame, stopped: threading.Event) -> None:
+        """In a side thread: the bytes the restore will write, for the progress bar's total.
+        A damaged tree just ends the count (the walk itself reports it)."""
+        sel, seen, total = self.settings.selection, set(), 0
+        stack = [(top.path, top.entries, top.selected)]
         try:
-            os.mkdir(node.name, 0o700, dir_fd=parent)
-        except FileExistsError:
-            st = os.stat(node.name, dir_fd=parent, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode):  # a file or symlink in the way: replace it, not follow
-                os.unlink(node.name, dir_fd=parent)
-                os.mkdir(node.name, 0o700, dir_fd=parent)
-        nodes = load_tree(self.repo, node.subtree)
-        # O_NOFOLLOW: if a symlink was swapped in since mkdir, this fails instead of escaping.
-        fd = os.open(node.name, _DIR_FLAGS, dir_fd=parent)
-        self.result.dirs += 1
-        return _Frame(fd, iter(nodes), node, path)
+            while stack and not stopped.is_set():
+                folder, entries, selected = stack.pop()
+                for n in entries:
+                    path = folder + b"/" + n.name
+                    inside = selected or sel.included(path)
+                    if sel.excluded(path):
+                        continue
+                    if n.type == DIR and n.subtree and (inside or sel.worth_entering(path)):
+                        stack.append((path, load_tree(self.repo, n.subtree), inside))
+                    elif n.type == FILE and inside and (n.links is None or n.links[:2] not in seen):
+                        seen.add(n.links[:2] if n.links else None)
+                        total += n.size
+        except CairnError:
+            return
+        if not stopped.is_set():
+            self.total_bytes = total
 
-    def create_file(self, parent: int, node: Node, path: bytes) -> int | None:
-        try:
-            return os.open(node.name, _FILE_FLAGS, 0o600, dir_fd=parent)
-        except FileExistsError:
-            st = os.stat(node.name, dir_fd=parent, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                self.skip(path, "a folder in the target is in the way")
+    def visit(self, frame: _Frame, node: Node) -> _Frame | None:
+        path = frame.path + b"/" + node.name
+        rel = frame.rel + b"/" + node.name if frame.rel else node.name
+        sel = self.settings.selection
+        if sel.excluded(path):
+            return None
+        selected = frame.selected or sel.included(path)
+        self.report(rel)
+        if node.type == DIR:
+            if not selected and not sel.worth_entering(path):
                 return None
-            os.unlink(node.name, dir_fd=parent)
-            return os.open(node.name, _FILE_FLAGS, 0o600, dir_fd=parent)
+            assert node.subtree is not None
+            child = _Frame(node, path, rel, frame, _ordered(load_tree(self.repo, node.subtree)), selected)
+            if selected:
+                self.open(child)
+            return child
+        if not selected:
+            return None
+        parent = self.open(frame)
+        if parent is None:
+            return None
+        key = node.links[:2] if node.links is not None else None
+        if key is not None and key in self.linked:
+            self.link(parent, node, rel, *self.linked[key])
+            return None
+        job: Future[None] | None = None
+        if node.type == FILE:
+            done, job = self.restore_file(frame, parent, node, rel)
+            if not done:
+                return None
+        elif node.type in (SYMLINK, FIFO, CHARDEV, BLOCKDEV):
+            if not self.restore_special(parent, node, rel):
+                return None
+        else:
+            self.note("skipped", rel, f"entry type {node.type!r} is not restored by this version")
+            return None
+        if key is not None:
+            self.linked[key] = (rel, job)
+        return None
 
-    def write_file(self, parent: int, node: Node, path: bytes) -> None:
-        fd = self.create_file(parent, node, path)
-        if fd is None:
-            return
-        written = 0
+    def open(self, frame: _Frame, create: bool = True) -> int | None:
+        """The frame's folder in the target, created (and its parents) when `create`."""
+        if frame.fd is not None or frame.blocked or frame.parent is None:
+            return frame.fd
+        parent = self.open(frame.parent, create)
+        if parent is None:
+            return None
+        node = frame.node
+        assert node is not None
+        st = lstat_at(parent, node.name)
+        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
+        if st is None and not create:
+            return None
         try:
-            for data in self.blobs(node.content):
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                written += len(data)
-                self.result.bytes_written += len(data)
-                if written > len(data):
-                    self.report(path)
-            if written != node.size:
-                raise DamagedObject(
-                    f"{os.fsdecode(path)}: the snapshot says {node.size} bytes, its content has {written}"
-                )
-            self.apply_metadata(fd, node)
+            if action in (Action.CREATE, Action.REPLACE):
+                if st is not None:
+                    remove(parent, node.name, st)
+                os.mkdir(node.name, 0o700, dir_fd=parent)
+            elif st is not None and not stat.S_ISDIR(st.st_mode):  # LEAVE over a non-folder
+                frame.blocked = True
+                self.note("skipped", frame.rel, "a non-folder in the target is in the way (--overwrite)")
+                return None
+            frame.apply = action != Action.LEAVE
+            frame.fd = os.open(node.name, DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            frame.blocked = True
+            self.note("skipped", frame.rel, f"folder not restored: {exc.strerror or exc}")
+            return None
+        self.count("dirs")
+        return frame.fd
+
+    def leave(self, frame: _Frame) -> None:
+        """Delete strays (--delete), then apply the folder's metadata once its files are done."""
+        if self.settings.delete and frame.strays and not frame.blocked:
+            fd = self.open(frame, create=False)
+            if fd is not None:
+                self.delete_strays(frame, fd)
+        if frame.fd is not None:
+            self.waiting.append(frame)
+
+    def reap(self, wait: bool) -> None:
+        """Finish the folders whose files are all written (all of them when `wait`)."""
+        still = []
+        for frame in self.waiting:
+            if wait:
+                for job in frame.pending:
+                    job.result()
+            if all(job.done() for job in frame.pending):
+                self.finish_folder(frame)
+            else:
+                still.append(frame)
+        self.waiting = still
+
+    def finish_folder(self, frame: _Frame) -> None:
+        assert frame.fd is not None
+        try:
+            if frame.node is not None and frame.apply:
+                for warning in metadata.apply(-1, frame.node.name, frame.node, owner=self.owner, fd=frame.fd):
+                    self.note("warnings", frame.rel, warning)
         finally:
+            if frame.fd != self.top_fd:
+                os.close(frame.fd)
+            frame.fd = None
+
+    def delete_strays(self, frame: _Frame, fd: int) -> None:
+        known = {n.name for n in frame.entries}
+        for name in list_names(fd):
+            path = frame.path + b"/" + name
+            if name in known or not self.settings.selection.wants(path, frame.selected):
+                continue
+            rel = frame.rel + b"/" + name if frame.rel else name
+            st = lstat_at(fd, name)
+            try:
+                if st is not None:
+                    remove(fd, name, st)
+                    self.count("deleted")
+            except OSError as exc:
+                self.note("skipped", rel, f"not deleted: {exc.strerror or exc}")
+
+    # -- entries -----------------------------------------------------------------------------
+    def restore_file(self, frame: _Frame, parent: int, node: Node, rel: bytes) -> tuple[bool, Future[None] | None]:
+        """(whether the file is or will be in the target, the writer's job if one was started)."""
+        st = lstat_at(parent, node.name)
+        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
+        if action == Action.BLOCKED:
+            self.note("skipped", rel, "a folder in the target is in the way (add --delete to replace it)")
+            return False, None
+        if action == Action.LEAVE:
+            self.count("unchanged")
+            self.add_done(node.size)
+            return True, None
+        try:
+            if action == Action.CHECK:
+                fd = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+            else:
+                if st is not None:
+                    remove(parent, node.name, st)
+                fd = os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+        except OSError as exc:
+            if action == Action.CHECK and isinstance(exc, PermissionError):  # unreadable: rewrite it
+                os.unlink(node.name, dir_fd=parent)
+                return self.restore_file(frame, parent, node, rel)
+            self.note("skipped", rel, f"file not restored: {exc.strerror or exc}")
+            return False, None
+        self.slots.acquire()
+        try:
+            job = self.writers.submit(self.file_job, parent, fd, node, rel, action == Action.CHECK)
+        except BaseException:
+            self.slots.release()
             os.close(fd)
-        self.result.files += 1
+            raise
+        if len(frame.pending) >= IN_FLIGHT:  # a folder of a million files keeps few futures
+            frame.pending = [j for j in frame.pending if not j.done()]
+        frame.pending.append(job)
+        return True, job
 
-    def blobs(self, ids: list[bytes]) -> Iterator[bytes]:
-        """The blobs in order, loading (decrypting, decompressing) a few ahead in the pool."""
-        if len(ids) == 1:  # most files: a hand-off to a thread would only add latency
-            yield self.repo.load_blob(ids[0])
+    def file_job(self, parent: int, fd: int, node: Node, rel: bytes, check: bool) -> None:
+        """In a writer thread: keep an equal existing file, or write the content; then metadata."""
+        try:
+            if check and not content.is_single_file(fd):
+                check = False
+                os.close(fd)
+                fd = -1
+                os.unlink(node.name, dir_fd=parent)
+                fd = os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+            if check:
+                lengths = content.blob_lengths(self.repo, node, self.zeros)
+                if content.first_difference(self.repo, fd, node, lengths, self.zeros) is None:
+                    self.finish_file(parent, fd, node, rel)
+                    self.count("unchanged")
+                    self.add_done(node.size)
+                    return
+                os.close(fd)
+                fd = -1
+                os.unlink(node.name, dir_fd=parent)
+                fd = os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+            written, lengths = content.write_content(
+                self.repo, fd, node, self.zeros, self.loaders, self.settings.sparse)
+            if self.settings.verify:
+                at = content.first_difference(self.repo, fd, node, lengths, self.zeros)
+                if at is not None:
+                    raise content.ContentMismatch(f"--verify: what was written differs from the snapshot at offset {at}")
+                self.count("verified")
+            self.finish_file(parent, fd, node, rel)
+            with self.lock:
+                self.result.files += 1
+                self.result.bytes_written += node.size
+                self.result.bytes_on_disk += written
+            self.add_done(node.size)
+            self.report(rel)
+        except content.ContentMismatch as exc:
+            self.note("errors", rel, str(exc))
+        except CairnError as exc:
+            self.note("errors", rel, exc.message)
+            with self.lock:
+                self.result.damage = self.result.damage or exc
+        except OSError as exc:
+            self.note("errors", rel, f"not written: {exc.strerror or exc}")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            self.slots.release()
+
+    def finish_file(self, parent: int, fd: int, node: Node, rel: bytes) -> None:
+        for warning in metadata.apply(parent, node.name, node, owner=self.owner, fd=fd):
+            self.note("warnings", rel, warning)
+
+    def add_done(self, n: int) -> None:
+        with self.lock:
+            self.bytes_done += n
+
+    def restore_special(self, parent: int, node: Node, rel: bytes) -> bool:
+        """A symlink, FIFO or device node; False when it was not restored."""
+        st = lstat_at(parent, node.name)
+        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
+        if action == Action.BLOCKED:
+            self.note("skipped", rel, "a folder in the target is in the way (add --delete to replace it)")
+            return False
+        if action == Action.LEAVE:
+            self.count("unchanged")
+            return True
+        try:
+            if action != Action.KEEP:
+                if st is not None:
+                    remove(parent, node.name, st)
+                make_special(parent, node.name, node)
+        except PermissionError as exc:
+            if node.type in (CHARDEV, BLOCKDEV):
+                self.note("warnings", rel, "device node not created: only root can create device nodes")
+            else:
+                self.note("skipped", rel, f"not restored: {exc.strerror or exc}")
+            return False
+        except OSError as exc:
+            self.note("skipped", rel, f"not restored: {exc.strerror or exc}")
+            return False
+        for warning in metadata.apply(parent, node.name, node, owner=self.owner):
+            self.note("warnings", rel, warning)
+        self.count("unchanged" if action == Action.KEEP else "specials")
+        return True
+
+    def link(self, parent: int, node: Node, rel: bytes, first: bytes, job: Future[None] | None) -> None:
+        """Make `node` a hard link to `first`, a name restored earlier in this run."""
+        if job is not None:
+            job.result()  # the first name may still be replaced by its writer
+        *folders, first_name = first.split(b"/")
+        try:
+            source = open_folder(self.top_fd, folders)
+            try:
+                have = lstat_at(source, first_name)
+                st = lstat_at(parent, node.name)
+                if have is not None and st is not None and (st.st_dev, st.st_ino) == (have.st_dev, have.st_ino):
+                    self.count("unchanged")
+                    return
+                if st is not None:
+                    if self.settings.overwrite == NEVER or (
+                        self.settings.overwrite == IF_NEWER and node.mtime <= st.st_mtime_ns):
+                        self.count("unchanged")
+                        return
+                    if stat.S_ISDIR(st.st_mode) and not self.settings.delete:
+                        self.note("skipped", rel, "a folder in the target is in the way (add --delete to replace it)")
+                        return
+                    remove(parent, node.name, st)
+                os.link(first_name, node.name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
+            finally:
+                os.close(source)
+        except OSError as exc:
+            self.note("skipped", rel, f"hard link to {os.fsdecode(first)} not made: {exc.strerror or exc}")
             return
-        pending: deque[Future[bytes]] = deque()
-        todo = iter(ids)
-        for blob_id in itertools.islice(todo, PREFETCH):
-            pending.append(self.pool.submit(self.repo.load_blob, blob_id))
-        while pending:
-            data = pending.popleft().result()
-            following = next(todo, None)
-            if following is not None:
-                pending.append(self.pool.submit(self.repo.load_blob, following))
-            yield data
-
-    def apply_metadata(self, fd: int, node: Node) -> None:
-        """Owner (as root only), then mode (chown clears setuid bits), then times."""
-        if self.as_root:
-            os.fchown(fd, node.uid, node.gid)
-        os.fchmod(fd, node.mode)
-        os.utime(fd, ns=(node.atime, node.mtime))
-
-
-def restore_nodes(
-    repo: Repository, nodes: list[Node], target: str,
-    progress: Callable[[RestoreProgress], None] | None = None,
-) -> RestoreResult:
-    """Restore the given entries (and everything below them) into `target`."""
-    repo.load_index()  # once, before the prefetch threads race to load it
-    return _Restorer(repo, progress).run(nodes, target)
+        self.count("links")
 
 
 def restore(
-    repo: Repository, tree_id: bytes, target: str,
-    progress: Callable[[RestoreProgress], None] | None = None,
+    repo: Repository, tree_id: bytes, target: str, progress: Callable[[RestoreProgress], None] | None = None,
+    settings: RestoreSettings | None = None, node: Node | None = None, path: bytes = b"",
 ) -> RestoreResult:
-    """Restore the entries of the tree `tree_id` into `target` (created when missing)."""
-    return restore_nodes(repo, load_tree(repo, tree_id), target, progress)
+    """Restore the entries of the tree `tree_id` into `target` (created when missing).
+
+    `node` is the folder entry the tree belongs to, when there is one: its metadata is applied to
+    the target. `path` is the tree's path inside the snapshot, for include/exclude patterns.
+    """
+    settings = settings or RestoreSettings()
+    repo.load_index()  # once, before the worker threads race to load it
+    sel = settings.selection
+    entries = [] if path and sel.excluded(path) else _ordered(load_tree(repo, tree_id))
+    top = _Frame(node, path, b"", None, entries, selected=bool(path) and sel.included(path) or not sel.includes)
+    return Restorer(repo, settings, progress).run(top, target)
+
+
+def restore_nodes(
+    repo: Repository, nodes: list[Node], target: str, progress: Callable[[RestoreProgress], None] | None = None,
+    settings: RestoreSettings | None = None, path: bytes = b"",
+) -> RestoreResult:
+    """Restore the given entries (a single file picked out of a folder, say) into `target`;
+    `path` is their folder's path inside the snapshot. --delete touches nothing else there."""
+    settings = settings or RestoreSettings()
+    repo.load_index()
+    top = _Frame(None, path, b"", None, _ordered(nodes), selected=not settings.selection.includes, strays=False)
+    return Restorer(repo, settings, progress).run(top, target)

@@ -32,6 +32,7 @@ RO_SPARSE_SUPER, RO_GDT_CSUM, RO_BIGALLOC, RO_METADATA_CSUM = 0x1, 0x10, 0x200, 
 RO_EXT4 = 0x8 | 0x10 | 0x20 | 0x40 | 0x400
 COMPAT_HAS_JOURNAL = 0x4
 BG_BLOCK_UNINIT = 0x2
+MAX_GROUPS = 1 << 20  # 128 TiB at 4 KiB blocks; bounds what a hostile superblock can make us hold
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ def _geometry(read: ReadAt, sb: bytes, compat: int, incompat: int, ro: int, leng
     if desc_size < 32 or desc_size > block or desc_size & (desc_size - 1) or inode_size < 128:
         raise FsError("impossible ext descriptor or inode size")
     groups = -(-(blocks - first) // per_group)
+    if per_group < 256 or per_group % 8 or groups > MAX_GROUPS:
+        raise FsError("impossible ext group geometry")
     per_block = block // desc_size
     gdt_blocks = -(-groups // per_block)
     backups = (_u32(sb, 0x24C), _u32(sb, 0x250))

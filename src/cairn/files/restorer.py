@@ -2,9 +2,14 @@
 
 Shape: the calling thread walks the trees depth-first and does everything that changes a folder
 (mkdir, create, unlink, symlink, mkfifo, mknod, link, delete); file contents are written by a
-pool of writer threads, each file through the descriptor the walker created it with, while a
-loader pool reads and decrypts the next blobs. A semaphore bounds the files in flight, so memory
-stays near writers * (PREFETCH + 1) * max chunk size whatever the file sizes.
+pool of writer threads (restore_files), each file through the descriptor the walker created it
+with, while a loader pool reads and decrypts the next blobs. Memory stays bounded whatever the
+file sizes; folders are opened lazily, so an --include that selects one file deep down creates
+only the folders leading to it.
+
+Modules: restorer (the walk, folders, special entries, hard links, --delete), restore_files
+(regular files), restore_content (sparse writing, comparing), restore_entries (what to do with
+what the target already has), restore_select (patterns), restore_state (settings and result).
 
 Safety against a malicious snapshot or a hostile target: every name was checked by `decode_tree`
 to be one path component; every entry is reached relative to an open descriptor of its parent,
@@ -25,72 +30,20 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from cairn.errors import CairnError
 from cairn.files import metadata
-from cairn.files import restore_content as content
 from cairn.files.restore_entries import (
-    ALWAYS, DIR_FLAGS, IF_NEWER, NEVER, NEW_FILE_FLAGS, Action, decide, list_names, lstat_at,
-    make_special, open_folder, remove,
+    DIR_FLAGS, IF_NEWER, NEVER, Action, decide, list_names, lstat_at, make_special, open_folder, remove,
 )
-from cairn.files.restore_select import Selection
+from cairn.files.restore_files import IN_FLIGHT, FileWriter
+from cairn.files.restore_state import RestoreProgress, RestoreResult, RestoreSettings, Tally
 from cairn.files.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree
 from cairn.repo.repository import Repository
 
-WORKERS = max(2, min(8, os.cpu_count() or 2))
-IN_FLIGHT = 2 * WORKERS
-MAX_LISTED = 1000  # messages kept per kind; the counts stay exact
-
-
-@dataclass
-class RestoreSettings:
-    overwrite: str = ALWAYS
-    delete: bool = False
-    verify: bool = False
-    sparse: bool = True
-    selection: Selection = field(default_factory=Selection)
-    owner: bool | None = None
-    """Restore owners; None: when running as root (only root can give files away)."""
-
-
-@dataclass
-class RestoreProgress:
-    path: str
-    files: int
-    dirs: int
-    bytes_written: int
-    bytes_done: int
-    total_bytes: int
-
-
-@dataclass
-class RestoreResult:
-    files: int = 0
-    """Regular files written."""
-    unchanged: int = 0
-    """Files (and other entries) found already as in the snapshot and left in place."""
-    dirs: int = 0
-    specials: int = 0
-    """Symlinks, FIFOs and device nodes created."""
-    links: int = 0
-    """Hard links made to a file restored earlier in the run."""
-    deleted: int = 0
-    verified: int = 0
-    bytes_written: int = 0
-    """Content bytes of the files written (a sparse file's holes count, as its size does)."""
-    bytes_on_disk: int = 0
-    """What was really written: holes are skipped."""
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    warnings: list[tuple[str, str]] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    """(path, reason) of files restored wrongly or not at all: damaged data, failed --verify."""
-    damage: CairnError | None = None
-    """The first error that came from the repository (not from the target): its class sets the
-    exit code."""
-    notes: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=lambda: {"skipped": 0, "warnings": 0, "errors": 0})
+__all__ = ["RestoreProgress", "RestoreResult", "RestoreSettings", "load_tree", "restore", "restore_nodes"]
 
 
 def load_tree(repo: Repository, tree_id: bytes) -> list[Node]:
@@ -122,42 +75,21 @@ def _ordered(nodes: list[Node]) -> list[Node]:
 class Restorer:
     def __init__(self, repo: Repository, settings: RestoreSettings,
                  progress: Callable[[RestoreProgress], None] | None) -> None:
-        self.repo, self.settings, self.progress = repo, settings, progress
-        self.result = RestoreResult()
+        self.repo, self.settings = repo, settings
+        self.tally = Tally(progress)
         self.owner = os.geteuid() == 0 if settings.owner is None else settings.owner
-        self.zeros = content.ZeroBlobs()
-        self.lock = threading.Lock()
-        self.writers = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-restore")
-        self.loaders = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-load")
-        self.slots = threading.BoundedSemaphore(IN_FLIGHT)
+        self.files = FileWriter(repo, settings, self.tally, self.owner)
         self.linked: dict[tuple[int, int], tuple[bytes, Future[None] | None]] = {}
         self.waiting: list[_Frame] = []  # left by the walk, files still being written
         self.top_fd = -1
-        self.bytes_done = 0
-        self.total_bytes = 0
 
-    # -- reporting -------------------------------------------------------------------------
     def note(self, kind: str, rel: bytes, text: str) -> None:
-        with self.lock:
-            self.result.counts[kind] += 1
-            listed: list[tuple[str, str]] = getattr(self.result, kind)
-            if len(listed) < MAX_LISTED:
-                listed.append((os.fsdecode(rel) or ".", text))
-
-    def report(self, rel: bytes) -> None:
-        if self.progress is not None:
-            r = self.result
-            self.progress(RestoreProgress(os.fsdecode(rel), r.files + r.unchanged, r.dirs, r.bytes_written,
-                                          self.bytes_done, self.total_bytes))
-
-    def count(self, name: str, n: int = 1) -> None:
-        with self.lock:
-            setattr(self.result, name, getattr(self.result, name) + n)
+        self.tally.note(kind, rel, text)
 
     # -- the walk ----------------------------------------------------------------------------
     def run(self, top: _Frame, target: str) -> RestoreResult:
         if not self.owner and os.geteuid() != 0:
-            self.result.notes.append("not running as root: owners are not restored (files belong to you)")
+            self.tally.result.notes.append("not running as root: owners are not restored (files belong to you)")
         existed = os.path.isdir(target)
         os.makedirs(target, exist_ok=True)
         self.top_fd = top.fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -165,7 +97,7 @@ class Restorer:
             mode, mtime = self.settings.overwrite, os.fstat(top.fd).st_mtime_ns
             top.apply = mode != NEVER and not (mode == IF_NEWER and top.node.mtime <= mtime)
         stopped = threading.Event()
-        if self.progress is not None:
+        if self.tally.progress is not None:
             threading.Thread(target=self.measure, args=(top, stopped), daemon=True, name="cairn-measure").start()
         stack = [top]
         try:
@@ -184,13 +116,12 @@ class Restorer:
             self.reap(wait=True)
         finally:
             stopped.set()
-            self.writers.shutdown(wait=True, cancel_futures=True)
-            self.loaders.shutdown(wait=True, cancel_futures=True)
+            self.files.close()
             for frame in stack + self.waiting:
                 if frame.fd is not None and frame.fd != self.top_fd:
                     os.close(frame.fd)
             os.close(self.top_fd)
-        return self.result
+        return self.tally.result
 
     def measure(self, top: _Frame, stopped: threading.Event) -> None:
         """In a side thread: the bytes the restore will write, for the progress bar's total.
@@ -213,7 +144,7 @@ class Restorer:
         except CairnError:
             return
         if not stopped.is_set():
-            self.total_bytes = total
+            self.tally.total_bytes = total
 
     def visit(self, frame: _Frame, node: Node) -> _Frame | None:
         path = frame.path + b"/" + node.name
@@ -222,7 +153,7 @@ class Restorer:
         if sel.excluded(path):
             return None
         selected = frame.selected or sel.included(path)
-        self.report(rel)
+        self.tally.report(rel)
         if node.type == DIR:
             if not selected and not sel.worth_entering(path):
                 return None
@@ -242,9 +173,13 @@ class Restorer:
             return None
         job: Future[None] | None = None
         if node.type == FILE:
-            done, job = self.restore_file(frame, parent, node, rel)
+            done, job = self.files.start(parent, node, rel)
             if not done:
                 return None
+            if job is not None:
+                if len(frame.pending) >= IN_FLIGHT:  # a folder of a million files keeps few futures
+                    frame.pending = [j for j in frame.pending if not j.done()]
+                frame.pending.append(job)
         elif node.type in (SYMLINK, FIFO, CHARDEV, BLOCKDEV):
             if not self.restore_special(parent, node, rel):
                 return None
@@ -283,7 +218,7 @@ class Restorer:
             frame.blocked = True
             self.note("skipped", frame.rel, f"folder not restored: {exc.strerror or exc}")
             return None
-        self.count("dirs")
+        self.tally.count("dirs")
         return frame.fd
 
     def leave(self, frame: _Frame) -> None:
@@ -330,102 +265,11 @@ class Restorer:
             try:
                 if st is not None:
                     remove(fd, name, st)
-                    self.count("deleted")
+                    self.tally.count("deleted")
             except OSError as exc:
                 self.note("skipped", rel, f"not deleted: {exc.strerror or exc}")
 
     # -- entries -----------------------------------------------------------------------------
-    def restore_file(self, frame: _Frame, parent: int, node: Node, rel: bytes) -> tuple[bool, Future[None] | None]:
-        """(whether the file is or will be in the target, the writer's job if one was started)."""
-        st = lstat_at(parent, node.name)
-        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
-        if action == Action.BLOCKED:
-            self.note("skipped", rel, "a folder in the target is in the way (add --delete to replace it)")
-            return False, None
-        if action == Action.LEAVE:
-            self.count("unchanged")
-            self.add_done(node.size)
-            return True, None
-        try:
-            if action == Action.CHECK:
-                fd = os.open(node.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
-            else:
-                if st is not None:
-                    remove(parent, node.name, st)
-                fd = os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
-        except OSError as exc:
-            if action == Action.CHECK and isinstance(exc, PermissionError):  # unreadable: rewrite it
-                os.unlink(node.name, dir_fd=parent)
-                return self.restore_file(frame, parent, node, rel)
-            self.note("skipped", rel, f"file not restored: {exc.strerror or exc}")
-            return False, None
-        self.slots.acquire()
-        try:
-            job = self.writers.submit(self.file_job, parent, fd, node, rel, action == Action.CHECK)
-        except BaseException:
-            self.slots.release()
-            os.close(fd)
-            raise
-        if len(frame.pending) >= IN_FLIGHT:  # a folder of a million files keeps few futures
-            frame.pending = [j for j in frame.pending if not j.done()]
-        frame.pending.append(job)
-        return True, job
-
-    def file_job(self, parent: int, fd: int, node: Node, rel: bytes, check: bool) -> None:
-        """In a writer thread: keep an equal existing file, or write the content; then metadata."""
-        try:
-            if check and not content.is_single_file(fd):
-                check = False
-                os.close(fd)
-                fd = -1
-                os.unlink(node.name, dir_fd=parent)
-                fd = os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
-            if check:
-                lengths = content.blob_lengths(self.repo, node, self.zeros)
-                if content.first_difference(self.repo, fd, node, lengths, self.zeros) is None:
-                    self.finish_file(parent, fd, node, rel)
-                    self.count("unchanged")
-                    self.add_done(node.size)
-                    return
-                os.close(fd)
-                fd = -1
-                os.unlink(node.name, dir_fd=parent)
-                fd = os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
-            written, lengths = content.write_content(
-                self.repo, fd, node, self.zeros, self.loaders, self.settings.sparse)
-            if self.settings.verify:
-                at = content.first_difference(self.repo, fd, node, lengths, self.zeros)
-                if at is not None:
-                    raise content.ContentMismatch(f"--verify: what was written differs from the snapshot at offset {at}")
-                self.count("verified")
-            self.finish_file(parent, fd, node, rel)
-            with self.lock:
-                self.result.files += 1
-                self.result.bytes_written += node.size
-                self.result.bytes_on_disk += written
-            self.add_done(node.size)
-            self.report(rel)
-        except content.ContentMismatch as exc:
-            self.note("errors", rel, str(exc))
-        except CairnError as exc:
-            self.note("errors", rel, exc.message)
-            with self.lock:
-                self.result.damage = self.result.damage or exc
-        except OSError as exc:
-            self.note("errors", rel, f"not written: {exc.strerror or exc}")
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            self.slots.release()
-
-    def finish_file(self, parent: int, fd: int, node: Node, rel: bytes) -> None:
-        for warning in metadata.apply(parent, node.name, node, owner=self.owner, fd=fd):
-            self.note("warnings", rel, warning)
-
-    def add_done(self, n: int) -> None:
-        with self.lock:
-            self.bytes_done += n
-
     def restore_special(self, parent: int, node: Node, rel: bytes) -> bool:
         """A symlink, FIFO or device node; False when it was not restored."""
         st = lstat_at(parent, node.name)
@@ -434,7 +278,7 @@ class Restorer:
             self.note("skipped", rel, "a folder in the target is in the way (add --delete to replace it)")
             return False
         if action == Action.LEAVE:
-            self.count("unchanged")
+            self.tally.count("unchanged")
             return True
         try:
             if action != Action.KEEP:
@@ -452,7 +296,7 @@ class Restorer:
             return False
         for warning in metadata.apply(parent, node.name, node, owner=self.owner):
             self.note("warnings", rel, warning)
-        self.count("unchanged" if action == Action.KEEP else "specials")
+        self.tally.count("unchanged" if action == Action.KEEP else "specials")
         return True
 
     def link(self, parent: int, node: Node, rel: bytes, first: bytes, job: Future[None] | None) -> None:
@@ -466,12 +310,12 @@ class Restorer:
                 have = lstat_at(source, first_name)
                 st = lstat_at(parent, node.name)
                 if have is not None and st is not None and (st.st_dev, st.st_ino) == (have.st_dev, have.st_ino):
-                    self.count("unchanged")
+                    self.tally.count("unchanged")
                     return
                 if st is not None:
                     if self.settings.overwrite == NEVER or (
                         self.settings.overwrite == IF_NEWER and node.mtime <= st.st_mtime_ns):
-                        self.count("unchanged")
+                        self.tally.count("unchanged")
                         return
                     if stat.S_ISDIR(st.st_mode) and not self.settings.delete:
                         self.note("skipped", rel, "a folder in the target is in the way (add --delete to replace it)")
@@ -483,7 +327,7 @@ class Restorer:
         except OSError as exc:
             self.note("skipped", rel, f"hard link to {os.fsdecode(first)} not made: {exc.strerror or exc}")
             return
-        self.count("links")
+        self.tally.count("links")
 
 
 def restore(

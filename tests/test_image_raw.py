@@ -205,3 +205,26 @@ def test_a_blob_of_the_wrong_length_is_never_written(tmp_path: Path) -> None:
     assert os.path.getsize(out) == MiB
     with pytest.raises(DamagedObject, match="not a disk blob"):
         load_page(repo, short, "x")
+
+
+@needs("sfdisk")
+def test_the_checker_names_a_missing_page_and_missing_data(tmp_path: Path) -> None:
+    from cairn.image.checker import image_problems
+
+    disk = raw_disk(tmp_path)
+    repo = new_repo()
+    snap = repo.find_snapshot(image_of(repo, disk).snapshot_id.hex())
+
+    def indexed(blob_id: bytes, blob_type: int) -> bool:
+        entry = repo.index.lookup(blob_id)
+        return entry is not None and entry.blob_type == blob_type
+
+    assert list(image_problems(repo, snap.root, indexed)) == []
+    lost = list(image_problems(repo, snap.root, lambda b, t: False))
+    assert lost and all("not in the index" in p for p in lost)
+    _, description = load_disk(repo, snap.id.hex())
+    page = description.regions[1].pages[0]
+    real_load = repo.load_blob
+    repo.load_blob = lambda i: b"\x81\xa1v\x07" if i == page else real_load(i)  # type: ignore[method-assign]
+    damaged = list(image_problems(repo, snap.root, indexed))
+    assert len(damaged) == 1 and page.hex()[:12] in damaged[0]

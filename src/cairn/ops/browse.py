@@ -150,7 +150,8 @@ def files_snapshot(repo: Repository, ref: str) -> Snapshot:
     """The snapshot `ref` names (an id, a prefix or `latest`), which must be a files snapshot."""
     snap = repo.find_snapshot(ref)
     if snap.kind != "files":
-        raise UsageError(f"snapshot {snap.short_id} is a {snap.kind} snapshot, not a files snapshot")
+        article = "an" if snap.kind[:1] in ("a", "e", "i", "o", "u") else "a"
+        raise UsageError(f"snapshot {snap.short_id} is {article} {snap.kind} snapshot, not a files snapshot")
     return snap
 
 

@@ -120,7 +120,9 @@ def _lookup(nodes: list[Node], name: bytes) -> Node | None:
     return nodes[lo] if lo < len(nodes) and nodes[lo].name == name else None
 
 
-def walk(loader: TreeLoader, tree_id: bytes, prefix: bytes = ROOT, recursive: bool = True) -> Iterator[tuple[bytes, Node]]:
+def walk(
+    loader: TreeLoader, tree_id: bytes, prefix: bytes = ROOT, recursive: bool = True
+) -> Iterator[tuple[bytes, Node]]:
     """Every entry below the tree `tree_id` as ``(path, node)``, parents before children.
 
     `prefix` is the path of the folder the tree belongs to. With `recursive=False` only the

@@ -199,14 +199,12 @@ class _Differ:
                 stack.pop()
                 continue
             a, b = pair
-            name = (a or b).name  # type: ignore[union-attr]
-            child = join(folder, name)
             if b is None:
                 assert a is not None
-                self.one_side(child, a, added=False)
+                self.one_side(join(folder, a.name), a, added=False)
             elif a is None:
-                self.one_side(child, b, added=True)
-            elif self.both(child, a, b):
+                self.one_side(join(folder, b.name), b, added=True)
+            elif self.both(child := join(folder, a.name), a, b):
                 assert a.subtree is not None and b.subtree is not None
                 stack.append((child, _pairs(self.loader.load(a.subtree), self.loader.load(b.subtree))))
 

@@ -39,7 +39,9 @@ from cairn.repo.repository import Repository
 
 WORKERS = 4
 PREFETCH = 8  # blobs loaded ahead of the writer: memory ~ PREFETCH * the largest chunk
-COPY_SIZE = 1 << 20  # tarfile copies file content in reads of this size (its default is 16 KiB)
+# tarfile copies file content in reads of this size and writes in blocks of it (defaults: 16 KiB
+# and 10 KiB): fewer, larger writes to the pipe.
+COPY_SIZE = 1 << 20
 RAW, TAR = "raw", "tar"
 ARCHIVES = (TAR,)
 
@@ -165,8 +167,7 @@ def tar_info(path: bytes, node: Node) -> tarfile.TarInfo | None:
     info.uid, info.gid = node.uid, node.gid
     info.uname, info.gname = node.user, node.group
     info.mtime = node.mtime // 1_000_000_000
-    info.pax_headers["mtime"] = _pax_time(node.mtime)
-    info.pax_headers["atime"] = _pax_time(node.atime)
+    pax = {"mtime": _pax_time(node.mtime), "atime": _pax_time(node.atime)}
     if node.type == FILE:
         info.size = node.size
     target = getattr(node, "target", None)
@@ -176,7 +177,8 @@ def tar_info(path: bytes, node: Node) -> tarfile.TarInfo | None:
     if node.type in ("chardev", "blockdev") and isinstance(rdev, int):
         info.devmajor, info.devminor = os.major(rdev), os.minor(rdev)
     for name, value in _xattrs(node):
-        info.pax_headers["SCHILY.xattr." + _text(name)] = _text(value)
+        pax["SCHILY.xattr." + _text(name)] = _text(value)
+    info.pax_headers = pax
     return info
 
 
@@ -210,9 +212,9 @@ class _Dumper:
 
     def tar(self, path: bytes, node: Node, out: BinaryIO) -> None:
         # encoding + surrogateescape: names that are not UTF-8 are written back byte-exact
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
+        with tarfile.open(fileobj=out, mode="w|", bufsize=COPY_SIZE, format=tarfile.PAX_FORMAT, encoding="utf-8",
                           errors="surrogateescape") as tar:
-            tar.copybufsize = COPY_SIZE
+            setattr(tar, "copybufsize", COPY_SIZE)  # a TarFile attribute typeshed does not list
             for entry_path, entry in walk_node(self.loader, path, node):
                 info = tar_info(entry_path, entry)
                 if info is None:

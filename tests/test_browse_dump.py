@@ -153,3 +153,43 @@ def test_missing_paths_and_damaged_content_are_named(repo_dir: Path, src: Path, 
         result = cli("-r", str(repo_dir), "dump", *args)
         assert result.exit_code == DamagedObject.exit_code, args
         assert one_line_error(result) == "cairn: /d/liar: the snapshot says 99 bytes, its content has 5"
+
+
+class _Sink(io.RawIOBase):
+    """A write-only stream that keeps nothing, counting what it was given."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.written += len(data)
+        return len(data)
+
+
+def test_dump_memory_does_not_grow_with_the_file(repo_dir: Path, tmp_path: Path) -> None:
+    """About 16 MiB at the peak (a few chunks ahead, sealed and opened) for a 48 MiB file."""
+    import tracemalloc
+
+    from cairn.ops.dump import DumpOptions, dump
+
+    folder = tmp_path / "large"
+    folder.mkdir()
+    size = 48 * MiB
+    with open(folder / "large.bin", "wb") as f:
+        for _ in range(size // MiB):
+            f.write(os.urandom(MiB))
+    snapshot(repo_dir, folder)
+    repo = Repository.open(LocalBackend(repo_dir), PASSWORD.encode())
+    for path, fmt in ((f"{folder}/large.bin", "raw"), (str(folder), "tar")):
+        sink = _Sink()
+        tracemalloc.start()
+        try:
+            result = dump(repo, DumpOptions(f"latest:{path}"), lambda chosen: sink)  # type: ignore[arg-type,return-value]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert result.format == fmt and result.bytes == size and sink.written >= size
+        assert peak < size / 2, f"{fmt}: peak {peak / MiB:.1f} MiB for a {size / MiB:.0f} MiB file"

@@ -38,7 +38,7 @@ from cairn.ops.snapshots import SnapshotInfo
 from cairn.repo.repository import Repository
 
 WORKERS = 4
-PREFETCH = 8  # blobs loaded ahead of the writer: memory ~ PREFETCH * the largest chunk
+PREFETCH = 4  # blobs loaded ahead of the writer: memory ~ 2 * PREFETCH chunks (sealed + open)
 # tarfile copies file content in reads of this size and writes in blocks of it (defaults: 16 KiB
 # and 10 KiB): fewer, larger writes to the pipe.
 COPY_SIZE = 1 << 20

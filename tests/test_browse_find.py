@@ -61,7 +61,9 @@ def test_a_name_pattern_finds_each_snapshot_that_holds_a_match(repo_dir: Path, t
         (s2[:8], ["/docs/old.txt", "/notes.txt"]),
         (s3[:8], ["/notes.txt"]),
     ]
-    assert summary(groups(repo_dir, patterns=["old.*"]), src) == [(s1[:8], ["/docs/old.txt"]), (s2[:8], ["/docs/old.txt"])]
+    assert summary(groups(repo_dir, patterns=["old.*"]), src) == [
+        (s1[:8], ["/docs/old.txt"]), (s2[:8], ["/docs/old.txt"])
+    ]
     assert summary(groups(repo_dir, patterns=["*.txt"], ignore_case=True), src)[1] == (
         s2[:8], ["/docs/Report.TXT", "/docs/old.txt", "/notes.txt"]
     )
@@ -92,7 +94,8 @@ def test_snapshot_host_tag_and_time_filters(repo_dir: Path, three: tuple[Path, l
 
     src, (s1, s2, s3) = three
     assert [g.snapshot.id for g in groups(repo_dir, patterns=["notes.txt"], snapshots=["latest", s1[:6]])] == [s1, s3]
-    assert [g.snapshot.id for g in groups(repo_dir, patterns=["notes.txt"], filter=SnapshotFilter(hosts=["beta"]))] == [s2]
+    beta = groups(repo_dir, patterns=["notes.txt"], filter=SnapshotFilter(hosts=["beta"]))
+    assert [g.snapshot.id for g in beta] == [s2]
     assert [g.snapshot.id for g in groups(repo_dir, patterns=["*"], filter=SnapshotFilter(tags=["weekly"]))] == [s3]
     newer = groups(repo_dir, patterns=["*.txt", "*.TXT"], newer_ns=T0 + 10**9)
     assert summary(newer, src) == [(s1[:8], ["/docs/old.txt"]), (s2[:8], ["/docs/Report.TXT", "/docs/old.txt"]),
@@ -137,7 +140,9 @@ def test_the_matcher_reads_globs_like_a_shell() -> None:
         Matcher.compile(FindOptions(patterns=[]))
 
 
-def test_find_cli_groups_by_snapshot_and_prints_json(repo_dir: Path, three: tuple[Path, list[str]], cli: CliRun) -> None:
+def test_find_cli_groups_by_snapshot_and_prints_json(
+    repo_dir: Path, three: tuple[Path, list[str]], cli: CliRun
+) -> None:
     src, (s1, s2, s3) = three
     result = cli("-r", str(repo_dir), "find", "old.txt", "--host", "alpha")
     assert result.exit_code == 0, result.stderr

@@ -110,7 +110,7 @@ def test_ls_long_shows_mode_owner_size_time_and_path(repo_dir: Path, src: Path, 
     when = datetime.fromtimestamp((T0 + 3) // 10**9).strftime("%Y-%m-%d %H:%M:%S")
     assert lines[f"{src}/run.sh"].split() == ["-rwsr-xr-x", user, group, "10", *when.split(), f"{src}/run.sh"]
     assert lines[f"{src}/docs/letter.txt"].startswith("-rw-r----- ")
-    assert lines[f"{src}/docs"].startswith("drwxr-xr-x ") or lines[f"{src}/docs"].startswith("drwx")
+    assert lines[f"{src}/docs"].startswith("d")
     assert f"{src}/caf\\xe9" in lines
 
 

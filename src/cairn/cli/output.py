@@ -10,10 +10,12 @@ a command has run for a second, so quick commands and logs stay clean.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -82,6 +84,26 @@ class Output:
 
     def json(self, data: Any) -> None:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+    def json_line(self, data: Any, err: bool = False) -> None:
+        """One JSON object on one line (a stream of messages, restic's --json style)."""
+        click.echo(json.dumps(data, ensure_ascii=False, separators=(",", ":")), err=err)
+
+    def status(self, render: Callable[[], str | None], json_status: Callable[[], dict[str, Any] | None]) -> Ticker:
+        """Live progress: `render()` redrawn as one line on a terminal's stderr, or, with --json,
+        `json_status()` printed as a line on stdout every second. Neither without a reader
+        (stderr not a terminal, --quiet). Use as a context manager; the line is cleared at the end.
+        """
+        if self.json_mode:
+            return Ticker(lambda final: None if final else self._json_status(json_status), progress_interval(1.0))
+        if not self.quiet and is_terminal(sys.stderr):
+            return Ticker(LiveLine(sys.stderr, render), progress_interval(0.1))
+        return Ticker(None, 0)
+
+    def _json_status(self, json_status: Callable[[], dict[str, Any] | None]) -> None:
+        data = json_status()
+        if data is not None:
+            self.json_line(data)
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]], footer: str | None = None) -> None:
         """A plain table; cell text is never read as rich markup (paths may hold brackets)."""
@@ -197,3 +219,75 @@ class ProgressReporter:
         if isinstance(current, str) and current:
             update["description"] = f"{self.description} {current[-40:]}"
         return update
+
+
+def progress_interval(default: float) -> float:
+    """Seconds between progress updates: `default`, or 1/$CAIRN_PROGRESS_FPS (as restic's
+    RESTIC_PROGRESS_FPS) so scripts and tests can ask for more or fewer."""
+    try:
+        fps = float(os.environ.get("CAIRN_PROGRESS_FPS", ""))
+    except ValueError:
+        return default
+    return 1 / fps if fps > 0 else default
+
+
+class LiveLine:
+    """One line on a terminal, redrawn in place (cut to the terminal's width, never wrapped,
+    since a wrapped line cannot be redrawn), and erased at the end."""
+
+    def __init__(self, stream: Any, render: Callable[[], str | None]) -> None:
+        self.stream = stream
+        self.render = render
+        self.drawn = False
+
+    def __call__(self, final: bool) -> None:
+        if final:
+            if self.drawn:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+            return
+        text = self.render()
+        if text is None:
+            return
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        self.stream.write("\r" + text[:width] + "\x1b[K")
+        self.stream.flush()
+        self.drawn = True
+
+
+class Ticker:
+    """Calls `tick(final=False)` every `interval` seconds in a daemon thread, the first time
+    after one interval, and `tick(final=True)` once when the block ends."""
+
+    def __init__(self, tick: Callable[[bool], None] | None, interval: float) -> None:
+        self.tick = tick
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Ticker:
+        if self.tick is not None:
+            self._thread = threading.Thread(target=self._run, name="cairn-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        assert self.tick is not None
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                try:
+                    self.tick(False)
+                except Exception:  # progress must never break the command it reports on
+                    pass
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            with self._lock:
+                try:
+                    assert self.tick is not None
+                    self.tick(True)
+                except Exception:
+                    pass

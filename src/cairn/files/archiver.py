@@ -1,316 +1,485 @@
-"""Walk files and folders, store their content as data blobs and their folders as tree blobs.
+"""Walk files and folders into tree blobs, reading only what changed since the parent snapshot.
 
-Shape of the pipeline: the calling thread walks and reads (one file at a time, in name order, so
-the trees come out deterministic) and cuts chunks; a small thread pool hashes, compresses,
-encrypts and packs them (`Repository.save_blob`; the libraries release the GIL). A semaphore
-bounds the chunks in flight, so memory stays near (in-flight + 2) * max chunk size whatever the
-file sizes. Trees are built bottom-up: a folder's tree is stored once all its entries are, which
-is when the ids of its files' chunks are collected from the workers.
+The walk runs in the caller's thread, depth first and in name order (so trees come out the same
+whatever the timing). For each entry it does one lstat and decides:
+
+- a file unchanged since the parent (filescache) keeps the parent's content ids, unread;
+- any other file is opened here and handed to the pipeline (pipeline.py), which reads and
+  stores it in its threads; a second hard link to a file already read shares that read;
+- a folder is entered; symlinks, FIFOs and devices carry metadata only; a socket is skipped
+  with a warning (it is recreated by the program listening on it, not restored).
+
+A folder is finished when its last entry was visited. If it and everything below it are
+unchanged it keeps the parent's tree id (see filescache); else each entry's metadata is
+captured (files.metadata) and the folder waits in a queue until the content of its files is
+read, then its tree is encoded and stored. The queue is in post-order, so a folder's subfolders
+are always finished before it, and the walk never waits for the readers except when the queue
+or the pipeline is full: memory stays bounded and both cores stay busy.
 
 The snapshot root mirrors restic: it holds the components of each given absolute path, so
 backing up /home/u/docs gives root -> home -> u -> docs and a restore recreates that under its
-target. The path components above a given path get the metadata of the real folders.
+target. The components above a given path get the metadata of the real folders.
+
+Checkpoints (see checkpoint.py for why they are local files): every `checkpoint_interval`
+seconds, and once more when asked to stop (Ctrl-C), the walk waits for the pipeline, stores a
+partial root tree holding everything finished so far (each open folder with the entries done),
+flushes packs and index, and hands the tree id to `on_checkpoint`. The next run uses that tree
+as its first parent, so the files saved before the interruption are not read again.
 """
 
 from __future__ import annotations
 
-import grp
+import dataclasses
 import os
-import pwd
-import stat
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-from cairn.files.chunker import Chunker
+from cairn.files import filescache
+from cairn.files.excludes import ExcludeOptions, Excluder
+from cairn.files.filescache import ParentFolder, ParentTrees
+from cairn.files.metadata import capture, entry_type
+from cairn.files.pipeline import Pending, Pipeline
+from cairn.files.scanner import DIR_FLAGS, FILE_FLAGS, Plan, Totals, join, list_names, make_plan, open_at, reason
 from cairn.files.tree import DIR, FILE, Node, encode_tree
 from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
 
-WORKERS = max(2, min(4, os.cpu_count() or 2))
-IN_FLIGHT = 2 * WORKERS
-_NOATIME = getattr(os, "O_NOATIME", 0)
-
-# A plan of what to walk: name -> deeper plan, or None for "this path and all below it".
-_Plan = dict[bytes, "_Plan | None"]
+# Folders finished but waiting for file content; beyond this the walk waits for the oldest.
+MAX_WAITING_FOLDERS = 4096
+# Hard-linked files read in this run, remembered so a second link shares the first read.
+MAX_LINKS_REMEMBERED = 100_000
 
 
 @dataclass
-class ArchiveProgress:
-    """Where the walk is; reported before each entry and after each chunk read."""
+class BackupStatus:
+    """Live counters, updated in place while the backup runs (read by progress displays)."""
 
-    path: str
-    files: int
-    dirs: int
-    bytes_read: int
-    bytes_added: int
-    skipped: int
+    current: bytes = b""
+    """The path being looked at (bytes: decoding it for every entry would cost for nothing)."""
+    files: int = 0
+    dirs: int = 0
+    bytes_done: int = 0
+    """Bytes of the files visited so far, read or unchanged."""
+    skipped: int = 0
+    started: float = field(default_factory=time.monotonic)
+    totals: Totals | None = None
+    """What the pre-scan counted (for a percentage and an ETA), when one runs."""
+
+    @property
+    def path(self) -> str:
+        return os.fsdecode(self.current)
 
 
 @dataclass
 class ArchiveResult:
-    root: bytes
-    files: int = 0
-    dirs: int = 0
+    root: bytes = b""
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unchanged: int = 0
+    others: int = 0
+    """Symlinks, FIFOs and device nodes."""
+    excluded: int = 0
+    bytes_total: int = 0
+    """Size of every file in the snapshot, read or not."""
     bytes_read: int = 0
     bytes_added: int = 0
     """Plaintext bytes of the blobs (data and tree) the repository did not have yet."""
     blobs_new: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    """(path, reason) of each file or folder that could not be read and is not in the snapshot."""
+    """(path, reason) of each entry that could not be read and is not in the snapshot."""
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    """(path, message) of what the user should know but that is in the snapshot."""
 
+    @property
+    def files(self) -> int:
+        return self.files_new + self.files_changed + self.files_unchanged
 
-class _Sink:
-    """Stores blobs in worker threads, at most IN_FLIGHT chunks queued or being stored."""
-
-    def __init__(self, repo: Repository, dry_run: bool) -> None:
-        self._repo = repo
-        self._dry_run = dry_run
-        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-archive")
-        self._slots = threading.BoundedSemaphore(IN_FLIGHT)
-        self._lock = threading.Lock()
-        self._seen: set[bytes] = set()
-        self.bytes_added = 0
-        self.blobs_new = 0
-
-    def store(self, blob_type: BlobType, data: bytes) -> bytes:
-        if self._dry_run:
-            blob_id = self._repo.blob_id(data)
-            with self._lock:
-                new = blob_id not in self._seen and not self._repo.has_blob(blob_id)
-                self._seen.add(blob_id)
-        else:
-            blob_id, new = self._repo.save_blob(blob_type, data)
-        if new:
-            with self._lock:
-                self.bytes_added += len(data)
-                self.blobs_new += 1
-        return blob_id
-
-    def submit(self, data: bytes) -> Future[bytes]:
-        self._slots.acquire()
-        try:
-            return self._pool.submit(self._task, data)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def _task(self, data: bytes) -> bytes:
-        try:
-            return self.store(BlobType.DATA, data)
-        finally:
-            self._slots.release()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    @property
+    def dirs(self) -> int:
+        return self.dirs_new + self.dirs_changed + self.dirs_unchanged
 
 
 @dataclass
-class _Frame:
-    """A folder being archived: the entries still to visit and the nodes done so far."""
-
-    path: bytes
-    node: Node | None  # its entry in the parent folder; None for the snapshot root
-    todo: Iterator[tuple[bytes, _Plan | None]]
-    done: list[tuple[Node, list[Future[bytes]]]] = field(default_factory=list)
-
-
-@lru_cache(maxsize=256)
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return ""
+class ArchiveOptions:
+    excluder: Excluder = field(default_factory=lambda: Excluder(ExcludeOptions()))
+    one_file_system: bool = False
+    dry_run: bool = False
+    checkpoint_interval: float = 300.0
+    """Seconds between checkpoints; 0 for none."""
+    on_checkpoint: Callable[[bytes], None] | None = None
+    stop: threading.Event | None = None
+    """Set it (from a signal handler) to checkpoint and raise KeyboardInterrupt."""
 
 
-@lru_cache(maxsize=256)
-def _group(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return ""
+class _Item:
+    """One entry of a folder being walked."""
+
+    __slots__ = ("name", "st", "kind", "node", "content", "pending", "same", "subtree", "dropped", "fresh")
+
+    def __init__(self, name: bytes, st: os.stat_result, kind: str) -> None:
+        self.name = name
+        self.st = st
+        self.kind = kind
+        self.node: Node | None = None
+        self.content: list[bytes] | None = None  # reused content ids
+        self.pending: Pending | None = None
+        self.same = False
+        self.subtree: bytes | None = None
+        self.dropped = False
+        self.fresh = False  # a file being read that the parent did not have
 
 
-def _node(name: bytes, kind: str, st: os.stat_result) -> Node:
-    return Node(
-        name=name, type=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
-        user=_user(st.st_uid), group=_group(st.st_gid),
-        mtime=st.st_mtime_ns, atime=st.st_atime_ns, ctime=st.st_ctime_ns,
-    )
+class _Folder:
+    __slots__ = ("path", "fd", "item", "todo", "plan", "items", "same", "parent", "device")
 
-
-def _open(path: bytes, flags: int) -> int:
-    """Open without following a symlink, without touching atime where the kernel allows."""
-    flags |= os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        return os.open(path, flags | _NOATIME)
-    except PermissionError:
-        if not _NOATIME:
-            raise
-        return os.open(path, flags)  # O_NOATIME needs ownership: retry without it
-
-
-def _reason(exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "vanished during the backup"
-    return exc.strerror or str(exc)
-
-
-def _plan(paths: list[bytes]) -> _Plan | None:
-    """Merge absolute paths into one plan; a path inside another given path adds nothing."""
-    plan: _Plan = {}
-    for path in paths:
-        parts = [p for p in path.split(b"/") if p not in (b"", b".")]
-        if not parts:
-            return None  # "/" covers everything
-        level: _Plan | None = plan
-        for part in parts[:-1]:
-            assert level is not None
-            if part in level and level[part] is None:
-                level = None
-                break
-            level = level.setdefault(part, {})
-        if level is not None:
-            level[parts[-1]] = None
-    return plan
-
-
-def _join(folder: bytes, name: bytes) -> bytes:
-    return folder.rstrip(b"/") + b"/" + name
+    def __init__(self, path: bytes, fd: int, item: _Item | None, names: list[bytes], plan: Plan | None,
+                 parent: ParentFolder | None, device: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.item = item  # its entry in the folder above; None for the snapshot root
+        self.todo = iter(names)
+        self.plan = plan  # the given paths below, for folders above them; None inside them
+        self.items: list[_Item] = []
+        self.same = True  # every entry so far is unchanged
+        self.parent = parent
+        self.device = device
 
 
 class _Archiver:
-    def __init__(self, repo: Repository, progress: Callable[[ArchiveProgress], None] | None, dry_run: bool) -> None:
+    def __init__(self, repo: Repository, parents: ParentTrees, options: ArchiveOptions,
+                 progress: Callable[[BackupStatus], None] | None, status: BackupStatus) -> None:
         self.repo = repo
+        self.parents = parents
+        self.options = options
+        self.excluder = options.excluder
         self.progress = progress
-        self.sink = _Sink(repo, dry_run)
-        self.chunker = Chunker(repo.config.chunker)
-        self.result = ArchiveResult(root=b"")
+        self.status = status
+        self.result = ArchiveResult()
+        self.pipeline = Pipeline(repo, options.dry_run)
+        self.waiting: deque[_Folder] = deque()
+        self.stack: list[_Folder] = []
+        self.links: dict[tuple[int, int], tuple[Pending, os.stat_result]] = {}
+        self.devices: set[int] = set()
+        self.empty_tree: bytes | None = None
+        self.next_checkpoint = time.monotonic() + (options.checkpoint_interval or float("inf"))
 
-    def report(self, path: bytes) -> None:
-        if self.progress is not None:
-            r = self.result
-            self.progress(ArchiveProgress(
-                os.fsdecode(path), r.files, r.dirs, r.bytes_read, self.sink.bytes_added, len(r.skipped)
-            ))
-
-    def skip(self, path: bytes, reason: str) -> None:
-        self.result.skipped.append((os.fsdecode(path), reason))
+    # -- the walk ------------------------------------------------------------------------
 
     def run(self, paths: list[bytes]) -> ArchiveResult:
-        plan = _plan(paths)
-        if plan is None:  # backing up "/": the root tree is the root folder itself
-            root = self.open_folder(b"", b"/") or _Frame(b"/", None, iter(()))
-            root.node = None
-        else:
-            root = _Frame(b"/", None, iter(sorted(plan.items())))
-        stack = [root]
+        plan = make_plan(paths)
+        root_fd = os.open(b"/", DIR_FLAGS)
+        root_st = os.fstat(root_fd)
+        names = list_names(root_fd) if plan is None else sorted(plan)
+        if plan is None:
+            self.devices.add(root_st.st_dev)
+        self.stack = [_Folder(b"/", root_fd, None, names, plan, self.parents.root(), root_st.st_dev)]
+        ok = False
         try:
-            while stack:
-                frame = stack[-1]
-                item = next(frame.todo, None)
-                if item is None:
-                    stack.pop()
-                    tree_id = self.finish_folder(frame)
-                    if frame.node is None:
-                        self.result.root = tree_id
-                    else:
-                        frame.node.subtree = tree_id
-                        stack[-1].done.append((frame.node, []))
+            while self.stack:
+                folder = self.stack[-1]
+                name = next(folder.todo, None)
+                if name is None:
+                    self.stack.pop()
+                    self.close_folder(folder)
                     continue
-                name, sub = item
-                path = _join(frame.path, name)
-                self.report(path)
-                pushed = self.visit(frame, name, path, sub)
-                if pushed is not None:
-                    stack.append(pushed)
+                if self.options.stop is not None and self.options.stop.is_set():
+                    self.checkpoint()
+                    raise KeyboardInterrupt
+                if time.monotonic() >= self.next_checkpoint:
+                    self.checkpoint()
+                child = self.visit(folder, name)
+                if child is not None:
+                    self.stack.append(child)
+            self.pipeline.submit()
+            self.drain()
+            ok = True
         finally:
-            self.sink.close()
-        self.result.bytes_added = self.sink.bytes_added
-        self.result.blobs_new = self.sink.blobs_new
-        return self.result
+            for folder in self.stack:
+                os.close(folder.fd)
+            self.pipeline.close(abort=not ok)
+        r = self.result
+        r.bytes_read, r.bytes_added, r.blobs_new = self.pipeline.bytes_read, self.pipeline.bytes_added, self.pipeline.blobs_new
+        return r
 
-    def visit(self, frame: _Frame, name: bytes, path: bytes, sub: _Plan | None) -> _Frame | None:
-        """Archive a file now, or return the frame of a folder to walk next."""
+    def skip(self, path: bytes, why: str) -> None:
+        self.result.skipped.append((os.fsdecode(path), why))
+        self.status.skipped += 1
+
+    def visit(self, folder: _Folder, name: bytes) -> _Folder | None:
+        """Look at one entry: note it in `folder`, or return the folder to walk into."""
+        path = join(folder.path, name)
+        status = self.status
+        status.current = path
+        if self.progress is not None:
+            self.progress(status)
+        above = folder.plan is not None and folder.plan[name] is not None
+        fd = -1
         try:
-            st = os.stat(path) if sub is not None else os.lstat(path)
+            if above:  # a folder above a given path: follow symlinks, as the user named it
+                fd = os.open(name, DIR_FLAGS, dir_fd=folder.fd)
+                st = os.fstat(fd)
+            else:
+                st = os.stat(name, dir_fd=folder.fd, follow_symlinks=False)
         except OSError as exc:
-            self.skip(path, _reason(exc))
+            self.skip(path, reason(exc))
+            folder.same = False
             return None
-        if sub is not None:  # a component above a given path
-            if not stat.S_ISDIR(st.st_mode):
-                self.skip(path, "not a folder any more")
+        kind = entry_type(st)
+        if kind is None:
+            self.skip(path, "is a socket: sockets are not backed up")
+            return None
+        if not above and self.excluder.matchers and self.excluder.path_excluded(path):
+            self.result.excluded += 1
+            return None
+        if folder.plan is not None and not above:
+            self.devices.add(st.st_dev)  # a given path: its filesystem is one to stay on
+        item = _Item(name, st, kind)
+        entry = folder.parent.get(name) if folder.parent is not None else None
+        if kind == DIR:
+            return self.enter(folder, item, path, entry, fd)
+        if self.options.one_file_system and st.st_dev not in self.devices:
+            self.result.excluded += 1
+            return None
+        if kind == FILE:
+            if self.excluder.too_large(st.st_size):
+                self.result.excluded += 1
                 return None
-            return _Frame(path, _node(name, DIR, st), iter(sorted(sub.items())))
-        if stat.S_ISDIR(st.st_mode):
-            return self.open_folder(name, path)
-        if stat.S_ISREG(st.st_mode):
-            self.archive_file(frame, name, path)
-            return None
-        self.skip(path, "not a regular file or folder: not backed up by this version")
+            if not self.add_file(folder, item, path, entry):
+                folder.same = False
+                return None
+        else:
+            item.same = self.parents.shortcut and filescache.same_entry(entry, st, kind)
+            self.result.others += 1
+        folder.items.append(item)
+        if not item.same:
+            folder.same = False
         return None
 
-    def open_folder(self, name: bytes, path: bytes) -> _Frame | None:
+    def add_file(self, folder: _Folder, item: _Item, path: bytes, entry: filescache.Entry | None) -> bool:
+        st = item.st
+        self.status.files += 1
+        self.status.bytes_done += st.st_size
+        self.result.bytes_total += st.st_size
+        content = filescache.unchanged_content(entry, st)
+        if content is not None and all(self.repo.has_blob(blob_id) for blob_id in content):
+            item.content = content
+            item.same = self.parents.shortcut and filescache.same_entry(entry, st, FILE)
+            self.result.files_unchanged += 1
+            return True
+        item.fresh = entry is None
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            earlier = self.links.get(key)
+            if earlier is not None and _same_version(earlier[1], st):
+                item.pending = earlier[0]
+                return True
         try:
-            fd = _open(path, os.O_DIRECTORY)
-            try:
-                st = os.fstat(fd)
-                names = sorted(os.fsencode(n) for n in os.listdir(fd))
-            finally:
+            fd = open_at(folder.fd, item.name, FILE_FLAGS, st)
+        except OSError as exc:
+            self.result.bytes_total -= st.st_size
+            self.skip(path, reason(exc))
+            return False
+        item.pending = self.pipeline.read(fd, st)
+        if st.st_nlink > 1:
+            if len(self.links) >= MAX_LINKS_REMEMBERED:
+                self.links.clear()
+            self.links[(st.st_dev, st.st_ino)] = (item.pending, st)
+        return True
+
+    def enter(self, folder: _Folder, item: _Item, path: bytes, entry: filescache.Entry | None, fd: int) -> _Folder | None:
+        above = fd >= 0
+        try:
+            if not above:
+                fd = open_at(folder.fd, item.name, DIR_FLAGS | os.O_NOFOLLOW, item.st)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (item.st.st_dev, item.st.st_ino):
+                raise FileNotFoundError("replaced during the backup")
+            if not above and self.excluder.markers and self.excluder.folder_marker(fd) is not None:
                 os.close(fd)
+                self.result.excluded += 1
+                return None
+            if not above and self.options.one_file_system and st.st_dev not in self.devices:
+                os.close(fd)  # a mount point: kept as an empty folder, as restic does
+                item.subtree = self.empty()
+                item.same = self.parents.shortcut and filescache.same_entry(entry, item.st, DIR) \
+                    and entry is not None and entry.get("subtree") == item.subtree
+                folder.items.append(item)
+                folder.same = folder.same and item.same
+                return None
+            plan = folder.plan[item.name] if folder.plan is not None else None
+            names = sorted(plan) if plan is not None else list_names(fd)
         except OSError as exc:
-            self.skip(path, _reason(exc))
+            if fd >= 0:
+                os.close(fd)
+            self.skip(path, reason(exc))
+            folder.same = False
             return None
-        self.result.dirs += 1
-        return _Frame(path, _node(name, DIR, st), iter([(n, None) for n in names]))
+        if plan is None:
+            self.status.dirs += 1
+        item.same = self.parents.shortcut and filescache.same_entry(entry, item.st, DIR)
+        folder.items.append(item)
+        return _Folder(path, fd, item, names, plan, self.parents.child(folder.parent, item.name), st.st_dev)
 
-    def archive_file(self, frame: _Frame, name: bytes, path: bytes) -> None:
-        futures: list[Future[bytes]] = []
-        size = 0
-        try:
-            fd = _open(path, 0)
-            with open(fd, "rb", buffering=0, closefd=True) as stream:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    self.skip(path, "changed into something other than a file during the backup")
-                    return
-                for chunk in self.chunker.chunks(stream):
-                    futures.append(self.sink.submit(chunk))
-                    size += len(chunk)
-                    self.result.bytes_read += len(chunk)
-                    if size > len(chunk):  # big files: report progress inside the file too
-                        self.report(path)
-        except OSError as exc:
-            self.skip(path, _reason(exc))
+    def close_folder(self, folder: _Folder) -> None:
+        """All entries visited: keep the parent's tree, or capture and queue for storing."""
+        parent = folder.parent
+        above = self.stack[-1] if self.stack else None
+        same = (
+            folder.same and parent is not None and self.parents.shortcut
+            and len(parent.names) == len(folder.items)
+            and all(a.name == b for a, b in zip(folder.items, parent.names))
+        )
+        if folder.plan is None:
+            if same:
+                self.result.dirs_unchanged += 1
+            elif parent is not None:
+                self.result.dirs_changed += 1
+            else:
+                self.result.dirs_new += 1
+        if same:
+            assert parent is not None
+            os.close(folder.fd)
+            if folder.item is None:
+                self.result.root = parent.tree_id
+            else:
+                folder.item.subtree = parent.tree_id
+                if not folder.item.same and above is not None:
+                    above.same = False
             return
-        node = _node(name, FILE, st)
-        node.size = size
-        self.result.files += 1
-        frame.done.append((node, futures))
+        if folder.item is not None:
+            folder.item.same = False
+        if above is not None:
+            above.same = False
+        try:
+            for item in folder.items:
+                self.capture(folder, item)
+        finally:
+            os.close(folder.fd)
+        self.waiting.append(folder)
+        self.drain(MAX_WAITING_FOLDERS)
 
-    def finish_folder(self, frame: _Frame) -> bytes:
-        nodes = []
-        for node, futures in frame.done:
-            if node.type == FILE:
-                node.content = [f.result() for f in futures]
-            nodes.append(node)
-        return self.sink.store(BlobType.TREE, encode_tree(nodes))
+    def capture(self, folder: _Folder, item: _Item) -> None:
+        if item.node is not None or item.dropped:
+            return
+        try:
+            item.node = capture(folder.fd, item.name, item.st)
+        except OSError as exc:
+            item.dropped = True
+            self.skip(join(folder.path, item.name), reason(exc))
+
+    # -- finishing folders -------------------------------------------------------------------
+
+    def drain(self, keep: int = 0) -> None:
+        """Store the trees of waiting folders whose files are all read, oldest first; wait for
+        the readers while more than `keep` folders are still waiting."""
+        while self.waiting:
+            folder = self.waiting[0]
+            if len(self.waiting) <= keep and any(i.pending is not None and not i.pending.done() for i in folder.items):
+                return
+            self.waiting.popleft()
+            tree_id = self.store_tree(folder)
+            if folder.item is None:
+                self.result.root = tree_id
+            else:
+                folder.item.subtree = tree_id
+
+    def node_of(self, folder: _Folder, item: _Item) -> Node | None:
+        """The finished node of an item (its content read), or None when it is left out."""
+        node = item.node
+        if node is None or item.dropped:
+            return None
+        if item.pending is not None:
+            result = self.pipeline.result(item.pending)
+            item.pending = None
+            if result.error is not None:
+                item.dropped = True
+                self.result.bytes_total -= item.st.st_size
+                self.skip(join(folder.path, item.name), result.error)
+                return None
+            if item.fresh:
+                self.result.files_new += 1
+            else:
+                self.result.files_changed += 1
+            if result.warning is not None:
+                self.result.warnings.append((os.fsdecode(join(folder.path, item.name)), result.warning))
+            assert result.st is not None
+            node.content, node.size = result.content, result.size
+            node.mtime, node.ctime = result.st.st_mtime_ns, result.st.st_ctime_ns
+        elif item.content is not None:
+            node.content = item.content
+        if item.kind == DIR:
+            node.subtree = item.subtree
+        return node
+
+    def store_tree(self, folder: _Folder) -> bytes:
+        nodes = [n for n in (self.node_of(folder, item) for item in folder.items) if n is not None]
+        return self.pipeline.store(BlobType.TREE, encode_tree(nodes))
+
+    def empty(self) -> bytes:
+        if self.empty_tree is None:
+            self.empty_tree = self.pipeline.store(BlobType.TREE, encode_tree([]))
+        return self.empty_tree
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Store what is finished as a partial tree, flush, and report the tree's id."""
+        interval = self.options.checkpoint_interval
+        self.next_checkpoint = time.monotonic() + (interval or float("inf"))
+        if self.options.dry_run or self.options.on_checkpoint is None:
+            return
+        self.pipeline.submit()
+        self.drain()
+        partial: Node | None = None
+        for depth in range(len(self.stack) - 1, -1, -1):
+            folder = self.stack[depth]
+            open_child = self.stack[depth + 1].item if depth + 1 < len(self.stack) else None
+            nodes = []
+            for item in folder.items:
+                if item is open_child:
+                    if partial is not None:
+                        nodes.append(partial)
+                    continue
+                self.capture(folder, item)
+                node = self.node_of(folder, item)
+                if node is not None:
+                    nodes.append(node)
+            tree_id = self.pipeline.store(BlobType.TREE, encode_tree(nodes))
+            if folder.item is None:
+                self.repo.flush()
+                self.options.on_checkpoint(tree_id)
+                return
+            self.capture(self.stack[depth - 1], folder.item)
+            if folder.item.node is None:
+                return  # the open folder vanished: nothing above it can be saved
+            partial = dataclasses.replace(folder.item.node, subtree=tree_id)
+
+
+def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
 def archive(
     repo: Repository,
     paths: list[str],
-    progress: Callable[[ArchiveProgress], None] | None = None,
-    dry_run: bool = False,
+    progress: Callable[[BackupStatus], None] | None = None,
+    options: ArchiveOptions | None = None,
+    parents: ParentTrees | None = None,
+    status: BackupStatus | None = None,
 ) -> ArchiveResult:
     """Store `paths` (files or folders, made absolute) and return the root tree's id.
 
-    Unreadable or vanished entries are skipped and listed in the result; storage errors abort.
-    With `dry_run` nothing is written: chunks are hashed and looked up to count what is new.
-    The caller flushes the repository and saves the snapshot.
+    Unreadable, vanished or changing entries are skipped and listed in the result; storage
+    errors abort. With `dry_run` nothing is written: chunks are hashed and looked up to count
+    what is new. The caller flushes the repository and saves the snapshot.
     """
-    repo.load_index()  # once, before the workers race to load it
+    repo.load_index()  # once, before the threads race to load it
     absolute = [os.fsencode(os.path.abspath(p)) for p in paths]
-    return _Archiver(repo, progress, dry_run).run(absolute)
+    parents = parents or ParentTrees(repo, [], False)
+    return _Archiver(repo, parents, options or ArchiveOptions(), progress, status or BackupStatus()).run(absolute)

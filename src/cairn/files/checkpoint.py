@@ -1,0 +1,85 @@
+"""Resuming an interrupted backup: a small local file naming the last checkpoint's tree.
+
+Design, and why not a partial snapshot (borg's ``.checkpoint`` archives): a checkpoint is a
+partial root tree stored in the repository like any other tree, with its packs and an index
+written (`Repository.flush`), so everything it references survives a kill -9. What is local is
+only the pointer to it, in the user's cache folder
+(``platformdirs.user_cache_dir("cairn")/<repository id>/checkpoints/<host and paths>``):
+
+- a partial snapshot would be listed by `snapshots`, picked by ``latest`` for a restore, kept
+  or removed by retention rules, and compared by `diff`, all of which would then have to know
+  about it; and deleting it afterwards is impossible in an append-only repository;
+- the pointer costs nothing to delete once the real snapshot is saved, and a stale one is
+  harmless: the next backup of the same paths on the same host uses the checkpoint tree only as
+  an extra parent (unchanged files keep their ids, after the same index check as for any
+  parent), so a checkpoint whose data was pruned meanwhile just means those files are read.
+
+The price: a backup resumed on another machine, or after the cache folder was wiped, reads
+everything again (the packs already uploaded are still deduplicated against).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+FORMAT = 1
+
+
+def cache_root() -> Path:
+    """cairn's local cache folder ($XDG_CACHE_HOME/cairn on Linux)."""
+    return Path(platformdirs.user_cache_dir("cairn"))
+
+
+@dataclass
+class Checkpoint:
+    tree: bytes
+    """The partial root tree, in the repository."""
+    program: str
+    """Who wrote it; its folders are reused whole only by the same version (see filescache)."""
+    time_ns: int
+
+
+class CheckpointStore:
+    """The checkpoint of one (repository, host, paths) backup."""
+
+    def __init__(self, repository_id: bytes, host: str, paths: list[bytes], root: Path | None = None) -> None:
+        key = hashlib.sha256(repr((host, sorted(paths))).encode()).hexdigest()[:32]
+        self.path = (root or cache_root()) / repository_id.hex() / "checkpoints" / key
+
+    def load(self) -> Checkpoint | None:
+        """The recorded checkpoint, or None (also when the file is unreadable: it is only a hint)."""
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("v") != FORMAT:
+                return None
+            tree = bytes.fromhex(data["tree"])
+            if len(tree) != 32:
+                return None
+            return Checkpoint(tree, str(data["program"]), int(data["time"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        """Write atomically (a torn file must not be read as a checkpoint); errors are ignored,
+        since the backup itself does not depend on this file."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({
+                "v": FORMAT, "tree": checkpoint.tree.hex(), "program": checkpoint.program, "time": checkpoint.time_ns,
+            }))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+    def clear(self) -> None:
+        try:
+            self.path.unlink()
+        except OSError:
+            pass

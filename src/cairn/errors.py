@@ -90,6 +90,15 @@ class StorageReadOnly(StorageError):
     exit_code = 19
 
 
+class StorageAccessDenied(StorageError):
+    """The storage refused who we are: wrong keys or password, an unknown SSH key, no permission.
+
+    Separate from `StorageError` so that a script can tell "fix the credentials" from "try later".
+    """
+
+    exit_code = 21
+
+
 class PartialSuccess(CairnError):
     """The snapshot was saved, but some files could not be read and were skipped."""
 

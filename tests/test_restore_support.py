@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
+from collections.abc import Iterator
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cairn.files import metadata
 from cairn.files.chunker import Chunker
@@ -29,6 +35,21 @@ T0 = 1_600_000_000_123_456_789  # every nanosecond digit set
 AS_ROOT = os.geteuid() == 0
 NOT_ROOT_REASON = "needs root: device nodes, chown to other users, trusted.* xattrs"
 DEEP = 100
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A temporary folder every user can enter (pytest's own is private to root), for tests
+    that drop to another user."""
+    path = Path(tempfile.mkdtemp(prefix="cairn-test-", dir="/tmp"))
+    os.chmod(path, 0o777)
+    yield path
+    shutil.rmtree(path)
+
+
+def needs_root(test: Any) -> Any:
+    """Mark a test as needing root, skipped with the reason elsewhere."""
+    return pytest.mark.root(pytest.mark.skipif(not AS_ROOT, reason=NOT_ROOT_REASON)(test))
 
 
 def run(*cmd: str | bytes | Path) -> str:

@@ -100,3 +100,79 @@ def test_encoder_refuses_bad_names_too(name: bytes) -> None:
 def test_malformed_trees_are_damaged_objects(bad: bytes) -> None:
     with pytest.raises(DamagedObject):
         decode_tree(bad, "tree 1234")
+
+
+def special_nodes() -> list[Node]:
+    return [
+        Node(name=b"link", type="symlink", mode=0o777, target=b"../t\xff\xferget", mtime=5),
+        Node(name=b"null", type="chardev", mode=0o666, rdev=(1 << 8) | 3),
+        Node(name=b"disk", type="blockdev", mode=0o660, rdev=2**64 - 1),
+        Node(name=b"pipe", type="fifo", mode=0o640, xattrs=[(b"trusted.x", b""), (b"security.y", b"\0\1")]),
+        Node(name=b"hard", type="file", size=1, content=[ID_A], links=(2049, 2**63, 3),
+             xattrs=[(b"system.posix_acl_access", b"\x02\0\0\0" + bytes(24)), (b"user.k", b"v" * 65536)]),
+    ]
+
+
+def test_the_optional_keys_round_trip_and_xattrs_come_out_sorted() -> None:
+    nodes = special_nodes()
+    decoded = {n.name: n for n in decode_tree(encode_tree(nodes), "tree")}
+    for node in nodes:
+        node.xattrs.sort()
+        assert decoded[node.name] == node
+    # absent from entries that do not have them: old readers see the same bytes as before
+    plain = encoding.unpack_map(encode_tree(sample_nodes()), "t")["entries"]
+    assert not any({"target", "rdev", "xattrs", "links"} & set(e) for e in plain)
+
+
+def test_hard_link_identity_is_not_kept_on_folders() -> None:
+    data = raw_tree(entry(type="dir", size=..., content=..., subtree=ID_A, links=[1, 2, 3]))
+    assert decode_tree(data, "tree")[0].links is None
+
+
+@pytest.mark.parametrize("node", [
+    Node(name=b"l", type="symlink"), Node(name=b"d", type="chardev"), Node(name=b"d", type="blockdev"),
+])
+def test_encoder_refuses_special_entries_missing_their_key(node: Node) -> None:
+    with pytest.raises(ValueError):
+        encode_tree([node])
+
+
+SYMLINK = {"type": "symlink", "size": ..., "content": ...}
+DEVICE = {"type": "chardev", "size": ..., "content": ...}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        entry(**SYMLINK),  # no target
+        entry(**SYMLINK, target=b""),
+        entry(**SYMLINK, target=b"a\0b"),
+        entry(**SYMLINK, target=b"x" * 4096),
+        entry(**SYMLINK, target="text"),
+        entry(**DEVICE),  # no rdev
+        entry(**DEVICE, rdev=-1),
+        entry(**DEVICE, rdev=1.0),
+        entry(**DEVICE, rdev=True),
+        entry(xattrs={"user.a": b"1"}),
+        entry(xattrs=[[b"user.a"]]),
+        entry(xattrs=[[b"user.a", b"1", b"2"]]),
+        entry(xattrs=[[b"", b"1"]]),
+        entry(xattrs=[[b"user.\0", b"1"]]),
+        entry(xattrs=[[b"u" * 256, b"1"]]),
+        entry(xattrs=[[b"user.a", b"v" * 65537]]),
+        entry(xattrs=[[b"user.a", "text"]]),
+        entry(xattrs=[["user.a", b"1"]]),
+        entry(xattrs=[[b"user.b", b"1"], [b"user.a", b"1"]]),
+        entry(xattrs=[[b"user.a", b"1"], [b"user.a", b"2"]]),
+        entry(xattrs=[[b"u.%d" % i, b""] for i in range(65537)]),
+        entry(links=[1, 2]),
+        entry(links=[1, 2, 1]),
+        entry(links=[1, -2, 2]),
+        entry(links=[1, 2, True]),
+        entry(links=[1, 2.0, 2]),
+        entry(links={"dev": 1}),
+    ],
+)
+def test_malformed_optional_keys_are_damaged_objects(bad: dict[str, Any]) -> None:
+    with pytest.raises(DamagedObject, match="tree 1234, entry b'f' is damaged"):
+        decode_tree(raw_tree(bad), "tree 1234")

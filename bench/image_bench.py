@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -39,9 +40,19 @@ from cairn.storage.local import LocalBackend  # noqa: E402
 MiB = 1 << 20
 
 
-def sh(command: str) -> float:
-    start = time.monotonic()
+CPU: dict[str, float] = {}
+
+
+def cpu_now(children: bool) -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sh(command: str, cpu_key: str = "") -> float:
+    start, cpu = time.monotonic(), cpu_now(True)
     subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if cpu_key:
+        CPU[cpu_key] = cpu_now(True) - cpu
     return time.monotonic() - start
 
 
@@ -100,9 +111,10 @@ def bench_cairn(work: Path, first: Path, second: Path, chunk: int) -> dict[str, 
     repo_dir = work / f"repo-{chunk}"
     repo = Repository.init(LocalBackend(str(repo_dir)), b"pw", KdfParams(iterations=1, memory_kib=8, lanes=1))
     out: dict[str, float] = {}
-    start = time.monotonic()
+    start, cpu = time.monotonic(), cpu_now(False)
     one = image(repo, ImageOptions(source=str(first), chunk_size=chunk))
     out["image1_s"], out["image1_bytes"] = time.monotonic() - start, du(repo_dir)
+    out["image1_cpu"] = cpu_now(False) - cpu
     start = time.monotonic()
     two = image(repo, ImageOptions(source=str(second), chunk_size=chunk))
     out["image2_s"], out["image2_bytes"] = time.monotonic() - start, du(repo_dir) - out["image1_bytes"]
@@ -128,7 +140,8 @@ def bench_cairn(work: Path, first: Path, second: Path, chunk: int) -> dict[str, 
 def bench_partclone(work: Path, first: Path, second: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     one, two = work / "pc1.zst", work / "pc2.zst"
-    out["image1_s"] = sh(f"partclone.extfs -c -q -s {first} -o - | zstd -3 -T2 -q -c > {one}")
+    out["image1_s"] = sh(f"partclone.extfs -c -q -s {first} -o - | zstd -3 -T2 -q -c > {one}", "pc")
+    out["image1_cpu"] = CPU["pc"]
     out["image1_bytes"] = one.stat().st_size
     out["image2_s"] = sh(f"partclone.extfs -c -q -s {second} -o - | zstd -3 -T2 -q -c > {two}")
     out["image2_bytes"] = two.stat().st_size
@@ -145,7 +158,8 @@ def bench_partclone(work: Path, first: Path, second: Path) -> dict[str, float]:
 def bench_dd(work: Path, first: Path, second: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     one, two = work / "dd1.zst", work / "dd2.zst"
-    out["image1_s"] = sh(f"dd if={first} bs=4M status=none | zstd -3 -T2 -q -c > {one}")
+    out["image1_s"] = sh(f"dd if={first} bs=4M status=none | zstd -3 -T2 -q -c > {one}", "dd")
+    out["image1_cpu"] = CPU["dd"]
     out["image1_bytes"] = one.stat().st_size
     out["image2_s"] = sh(f"dd if={second} bs=4M status=none | zstd -3 -T2 -q -c > {two}")
     out["image2_bytes"] = two.stat().st_size
@@ -176,15 +190,15 @@ def main() -> None:
             results.setdefault("dd|zstd", []).append(bench_dd(work, first, second))
             for mib in (int(c) for c in args.chunks.split(",")):
                 results.setdefault(f"cairn {mib} MiB", []).append(bench_cairn(work, first, second, mib * MiB))
-    keys = ["image1_s", "image1_bytes", "image2_s", "image2_bytes", "restore_full_s", "restore_sparse_s", "restore_delta_s", "delta_written"]
-    print(f"{'tool':<16}" + "".join(f"{k:>17}" for k in keys))
+    keys = ["image1_s", "image1_cpu", "image1_bytes", "image2_s", "image2_bytes", "restore_full_s", "restore_sparse_s", "restore_delta_s", "delta_written"]
+    print(f"{'tool':<16}" + "".join(f"{k:>16}" for k in keys))
     for tool, runs in results.items():
         row = []
         for k in keys:
             values = sorted(r[k] for r in runs if k in r)
             v = values[len(values) // 2] if values else None
             row.append("-" if v is None else f"{v / MiB:.1f} MiB" if "bytes" in k or "written" in k else f"{v:.2f}")
-        print(f"{tool:<16}" + "".join(f"{c:>17}" for c in row))
+        print(f"{tool:<16}" + "".join(f"{c:>16}" for c in row))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

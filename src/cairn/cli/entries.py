@@ -38,9 +38,11 @@ def _owner(name: str, number: int) -> str:
 
 
 def _size_column(node: Node) -> str:
-    rdev = getattr(node, "rdev", None)
-    if node.type in ("chardev", "blockdev") and isinstance(rdev, int):
-        return f"{os.major(rdev)}, {os.minor(rdev)}"
+    """Bytes for a file, the target's length for a symlink, ``major, minor`` for a device (as ls)."""
+    if node.rdev is not None:
+        return f"{os.major(node.rdev)}, {os.minor(node.rdev)}"
+    if node.target is not None:
+        return str(len(node.target))
     return str(node.size) if node.type == "file" else "0"
 
 
@@ -57,9 +59,8 @@ def long_line(entry: Entry) -> str:
         f"{mode_string(node)} {_owner(node.user, node.uid):<{_ID_WIDTH}} {_owner(node.group, node.gid):<{_ID_WIDTH}} "
         f"{_size_column(node):>12} {mtime_text(node.mtime)} {entry.display_path}"
     )
-    target = getattr(node, "target", None)
-    if node.type == "symlink" and isinstance(target, bytes):
-        line += f" -> {display(target)}"
+    if node.target is not None:
+        line += f" -> {display(node.target)}"
     return line
 
 

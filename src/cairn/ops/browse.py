@@ -42,7 +42,7 @@ _ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
 _ESCAPES.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
 # Fields `Entry.to_json` writes itself (or leaves out: content ids are not metadata).
 _OWN_FIELDS = {"name", "type", "mode", "uid", "gid", "user", "group", "size", "mtime", "atime", "ctime",
-               "content", "subtree", "target"}
+               "content", "subtree", "target", "rdev", "xattrs", "links"}
 
 
 def display(raw: bytes) -> str:
@@ -108,33 +108,35 @@ class Entry:
             out[key + "_ns"] = ns
         if node.subtree is not None:
             out["subtree"] = node.subtree.hex()
-        target = getattr(node, "target", None)
-        if isinstance(target, bytes) and (target or node.type == "symlink"):
-            out["target"], target_hex = _text(target)
+        if node.target is not None:
+            out["target"], target_hex = _text(node.target)
             if target_hex is not None:
                 out["target_hex"] = target_hex
-        for f in dataclasses.fields(node):  # later fields (rdev, xattrs, links, ...) as they come
+        if node.rdev is not None:
+            out.update(rdev=node.rdev, major=os.major(node.rdev), minor=os.minor(node.rdev))
+        if node.xattrs:
+            out["xattrs"] = [_xattr_json(name, value) for name, value in node.xattrs]
+        if node.links is not None:
+            dev, ino, nlink = node.links
+            out["links"] = {"dev": dev, "inode": ino, "nlink": nlink}
+        for f in dataclasses.fields(node):  # fields a later tree version adds, generically
             if f.name not in _OWN_FIELDS:
                 value = getattr(node, f.name)
                 if value not in (None, b"", [], {}, ()):
-                    out[f.name] = _field_json(f.name, value)
+                    out[f.name] = jsonable(value)
         return out
 
 
-def _field_json(name: str, value: Any) -> Any:
-    """Extended attributes as a name -> value map (text where UTF-8, else hex), the rest generic."""
-    if name == "xattrs":
-        pairs = value.items() if isinstance(value, dict) else value
-        result: dict[str, Any] = {}
-        for key, data in pairs:
-            key_text = key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else str(key)
-            if isinstance(data, bytes):
-                text, data_hex = _text(data)
-                result[key_text] = text if data_hex is None and text.isprintable() else {"hex": data.hex()}
-            else:
-                result[key_text] = jsonable(data)
-        return result
-    return jsonable(value)
+def _xattr_json(name: bytes, value: bytes) -> dict[str, str]:
+    """``{"name": ..., "value": ...}`` with the value as text when it is printable UTF-8 (most
+    ``user.*`` attributes), else ``"value_hex"`` (ACLs, capabilities, binary data)."""
+    out = {"name": name.decode("utf-8", "backslashreplace")}
+    text, value_hex = _text(value)
+    if value_hex is None and text.isprintable():
+        out["value"] = text
+    else:
+        out["value_hex"] = value.hex()
+    return out
 
 
 @dataclass(frozen=True)

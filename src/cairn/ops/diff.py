@@ -9,8 +9,8 @@ Each change has a kind, as restic prints them:
 
 - ``+`` added, ``-`` removed (everything below an added or removed folder is listed too);
 - ``M`` content changed: a file's data, a symlink's target, a device's numbers;
-- ``U`` metadata only: mode, owner, modification time, extended attributes... with the same
-  content. Kept apart from ``M`` so "what did I edit" is not drowned in ``chmod -R``. The access
+- ``U`` metadata only: mode, owner, modification time, extended attributes and ACLs, hard link
+  count... with the same content. Kept apart from ``M`` so "what did I edit" is not drowned in ``chmod -R``. The access
   and change times are not compared: reading a file changes the first, any metadata change the
   second, and neither is something a user did to the file;
 - ``T`` type changed (a file became a folder...), followed by the removals and additions below.
@@ -92,11 +92,20 @@ class DiffResult:
     stats: DiffStats = field(default_factory=DiffStats)
 
 
+def _compared(node: Node, name: str) -> object:
+    """A field's value as diff compares it: of the hard-link identity only the link count, since
+    device and inode numbers change when nothing did (a backup from an LVM snapshot, a restore)."""
+    value = getattr(node, name, None)
+    if name == "links":
+        return value[2] if value else 1
+    return value
+
+
 def metadata_fields(a: Node, b: Node) -> tuple[str, ...]:
     """Names of the compared metadata fields that differ between `a` and `b`."""
     return tuple(
         f.name for f in dataclasses.fields(Node)
-        if f.name not in _IGNORED_FIELDS and getattr(a, f.name, None) != getattr(b, f.name, None)
+        if f.name not in _IGNORED_FIELDS and _compared(a, f.name) != _compared(b, f.name)
     )
 
 

@@ -11,6 +11,8 @@ The tar stream is POSIX.1-2001 (PAX), which is what carries everything a snapsho
 - mtime and atime to the nanosecond as PAX records, uid/gid with user and group names, the
   mode including setuid/setgid/sticky;
 - symlinks with their target, FIFOs, character and block devices with their numbers;
+- hard links: the first name of a file (within what is dumped) carries the content, the others
+  are link entries pointing to it, as ``tar -c`` writes them;
 - extended attributes as ``SCHILY.xattr.NAME`` records, which GNU tar (``--xattrs``) and
   bsdtar read.
 
@@ -161,7 +163,7 @@ def tar_info(path: bytes, node: Node) -> tarfile.TarInfo | None:
     kind = _TAR_TYPES.get(node.type)
     if kind is None:
         return None
-    info = tarfile.TarInfo(_text(path.lstrip(b"/")) or ".")
+    info = tarfile.TarInfo(_text(path.lstrip(b"/")))
     info.type = kind
     info.mode = node.mode
     info.uid, info.gid = node.uid, node.gid
@@ -170,30 +172,14 @@ def tar_info(path: bytes, node: Node) -> tarfile.TarInfo | None:
     pax = {"mtime": _pax_time(node.mtime), "atime": _pax_time(node.atime)}
     if node.type == FILE:
         info.size = node.size
-    target = getattr(node, "target", None)
-    if node.type == "symlink" and isinstance(target, bytes):
-        info.linkname = _text(target)
-    rdev = getattr(node, "rdev", None)
-    if node.type in ("chardev", "blockdev") and isinstance(rdev, int):
-        info.devmajor, info.devminor = os.major(rdev), os.minor(rdev)
-    for name, value in _xattrs(node):
+    if node.target is not None:
+        info.linkname = _text(node.target)
+    if node.rdev is not None:
+        info.devmajor, info.devminor = os.major(node.rdev), os.minor(node.rdev)
+    for name, value in node.xattrs:
         pax["SCHILY.xattr." + _text(name)] = _text(value)
     info.pax_headers = pax
     return info
-
-
-def _xattrs(node: Node) -> list[tuple[bytes, bytes]]:
-    """The node's extended attributes as (name, value) byte pairs, whatever shape they are kept in."""
-    xattrs = getattr(node, "xattrs", None)
-    if not xattrs:
-        return []
-    pairs = xattrs.items() if isinstance(xattrs, dict) else xattrs
-    out = []
-    for name, value in pairs:
-        name_b = name if isinstance(name, bytes) else str(name).encode()
-        value_b = value if isinstance(value, bytes) else str(value).encode()
-        out.append((name_b, value_b))
-    return out
 
 
 class _Dumper:
@@ -203,6 +189,20 @@ class _Dumper:
         self.entries = 0
         self.bytes = 0
         self.skipped: list[tuple[str, str]] = []
+        self.linked: dict[tuple[int, ...], bytes] = {}
+
+    def first_link(self, path: bytes, node: Node) -> bytes | None:
+        """The path this hard-linked entry was first archived under, None if it is the first.
+
+        Only entries with a link count above one are remembered, so the memory is one path per
+        hard-linked file, not per entry."""
+        if node.links is None or node.type == DIR:
+            return None
+        key = node.links[:2]  # (device, inode)
+        first = self.linked.get(key)
+        if first is None:
+            self.linked[key] = path
+        return first
 
     def raw(self, path: bytes, node: Node, out: BinaryIO) -> None:
         for data in self.content.checked(path, node):
@@ -220,7 +220,11 @@ class _Dumper:
                 if info is None:
                     self.skipped.append((display(entry_path), f"entry type {entry.type!r} cannot go into a tar archive"))
                     continue
-                if entry.type == FILE:
+                first = self.first_link(entry_path, entry)
+                if first is not None:  # a later name of a file already in the archive
+                    info.type, info.linkname, info.size = tarfile.LNKTYPE, _text(first.lstrip(b"/")), 0
+                    tar.addfile(info)
+                elif entry.type == FILE:
                     reader = _Reader(self.content.checked(entry_path, entry))
                     tar.addfile(info, reader)
                     reader.drain()

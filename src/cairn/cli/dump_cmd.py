@@ -29,9 +29,10 @@ def command(state: State, snapshot: str, path: str | None, archive: str | None, 
     """Write a file or folder from a snapshot to standard output.
 
     A file comes out as its bytes; a folder as a POSIX (PAX) tar stream holding names as bytes,
-    modes, owners, nanosecond times, symlinks, devices and extended attributes (for tar -x
-    --xattrs), named by their full path in the snapshot: `cairn dump latest /home/me/docs |
-    tar -x` recreates home/me/docs. A tar stream is not written to a terminal.
+    modes, owners, nanosecond times, symlinks, hard links, FIFOs, devices, extended attributes
+    and ACLs (for tar -x --xattrs --xattrs-include='*'), named by their full path in the
+    snapshot: `cairn dump latest /home/me/docs | tar -x` recreates home/me/docs. A tar stream
+    is not written to a terminal.
     """
     repo = access.open_repository(state.selection())
     out = state.output

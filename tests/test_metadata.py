@@ -4,7 +4,6 @@ and what it reports instead of failing (as a normal user, on a filesystem withou
 from __future__ import annotations
 
 import os
-import pickle
 import socket
 import stat
 import subprocess
@@ -16,38 +15,8 @@ import pytest
 
 from cairn.files import metadata
 from cairn.files.tree import Node
-from test_restore_support import T0, needs_root, run, world_tmp  # noqa: F401 - a fixture
+from test_restore_support import NOBODY, T0, as_user, needs_root, run, world_tmp  # noqa: F401 - a fixture
 
-NOBODY = 65534
-
-
-def as_user(fn: Callable[[], Any], uid: int = NOBODY) -> Any:
-    """Run `fn` in a forked child that dropped root (so the test process keeps it), and return
-    what it returned or raise what it raised."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            try:
-                out: tuple[str, Any] = ("ok", fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to the parent
-                out = ("raised", exc)
-            with os.fdopen(write, "wb") as pipe:
-                pickle.dump(out, pipe)
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "raised":
-        raise value
-    return value
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ type, permissions, owner, mtime, ACLs, xattrs, hard-link grouping or device numb
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import stat
 import subprocess
 from pathlib import Path
@@ -35,6 +36,7 @@ T0 = 1_600_000_000_123_456_789  # every nanosecond digit set
 AS_ROOT = os.geteuid() == 0
 NOT_ROOT_REASON = "needs root: device nodes, chown to other users, trusted.* xattrs"
 DEEP = 100
+NOBODY = 65534
 
 
 @pytest.fixture
@@ -45,6 +47,35 @@ def world_tmp() -> Iterator[Path]:
     os.chmod(path, 0o777)
     yield path
     shutil.rmtree(path)
+
+
+def as_user(fn: Callable[[], Any], uid: int = NOBODY) -> Any:
+    """Run `fn` in a forked child that dropped root (so the test process keeps it), and return
+    what it returned or raise what it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            try:
+                out: tuple[str, Any] = ("ok", fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the parent
+                out = ("raised", exc)
+            with os.fdopen(write, "wb") as pipe:
+                pickle.dump(out, pipe)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data)
+    if kind == "raised":
+        raise value
+    return value
 
 
 def needs_root(test: Any) -> Any:

@@ -17,9 +17,9 @@ from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.restore import RestoreOptions, restore
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
-from test_restore_support import (
-    AS_ROOT, DEEP, GiB, MiB, NOT_ROOT_REASON, inside, make_every_kind, reference_snapshot, rsync_differences,
-    times,
+from test_restore_support import (  # noqa: F401 - world_tmp is a fixture
+    AS_ROOT, DEEP, NOBODY, NOT_ROOT_REASON, GiB, MiB, as_user, inside, make_every_kind, reference_snapshot,
+    rsync_differences, run, times, world_tmp,
 )
 from conftest import FAST_KDF
 
@@ -117,3 +117,33 @@ def test_excludes_leave_out_what_they_name(world: tuple[Repository, Path, dict[s
     assert not (target / "files" / "sparse.img").exists() and not (target / "deep").exists()
     assert sorted(os.listdir(target / "links")) == ["a", "to-folder"]
     assert (target / "files" / "big.bin").stat().st_size == 3 * MiB + 17
+
+
+def test_a_normal_user_restores_everything_but_owners_and_devices(world_tmp: Path) -> None:
+    """As nobody: one note about owners, a warning per device node and root-only attribute, and
+    everything else (modes with setuid, times, ACLs, user xattrs, links, holes) exact."""
+    src = world_tmp / "src"
+    make_every_kind(src, sparse_size=64 * MiB)
+    repo_path = world_tmp / "repo"
+    repo = Repository.init(LocalBackend(repo_path), b"pw", FAST_KDF)
+    snap = reference_snapshot(repo, src).hex()
+    run("chmod", "-R", "a+rwX", repo_path)
+    target = world_tmp / "out"
+
+    def restore_as_nobody() -> object:
+        mine = Repository.open(LocalBackend(repo_path), b"pw")
+        return restore(mine, RestoreOptions(f"{snap}:{src}", str(target)))
+
+    done = as_user(restore_as_nobody)
+    assert done.notes == ["not running as root: owners are not restored (files belong to you)"]
+    assert sorted(done.warnings) == [
+        ("files/small.txt", "extended attribute trusted.cairn not restored: Operation not permitted"),
+        ("specials/loop-like", "device node not created: only root can create device nodes"),
+        ("specials/null-like", "device node not created: only root can create device nodes"),
+    ]
+    assert (done.errors, done.skipped) == ([], [])
+    assert {p.stat().st_uid for p in target.rglob("*") if not p.is_symlink()} == {NOBODY}
+    differences = run("rsync", "-naAXHc", "--no-owner", "--no-group", "--itemize-changes", "--numeric-ids",
+                      f"{src}/", f"{target}/").splitlines()
+    assert sorted(differences) == [".f........x files/small.txt", "cD+++++++++ specials/loop-like",
+                                   "cD+++++++++ specials/null-like"]

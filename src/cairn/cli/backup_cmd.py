@@ -176,6 +176,8 @@ def command(state: State, paths: tuple[str, ...], tags: tuple[str, ...], host: s
     stream = use_stdin or stdin_from_command
     if stream and use_stdin and stdin_from_command:
         raise UsageError("give --stdin or --stdin-from-command, not both")
+    if use_stdin and paths:
+        raise UsageError("give either paths or --stdin, not both")
     if use_stdin and is_terminal(sys.stdin):
         raise UsageError("--stdin reads standard input, which is a terminal: pipe the data in")
     if not paths and not use_stdin:

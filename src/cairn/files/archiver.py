@@ -173,11 +173,14 @@ class _Archiver:
 
     def run(self, paths: list[bytes]) -> ArchiveResult:
         plan = make_plan(paths)
+        for path in paths:  # -x stays on the filesystems of all given paths, nested ones too
+            try:
+                self.devices.add(os.stat(path).st_dev)
+            except OSError:
+                pass  # reported when the walk reaches it
         root_fd = os.open(b"/", DIR_FLAGS)
         root_st = os.fstat(root_fd)
         names = list_names(root_fd) if plan is None else sorted(plan)
-        if plan is None:
-            self.devices.add(root_st.st_dev)
         self.stack = [_Folder(b"/", root_fd, None, names, plan, self.parents.root(), root_st.st_dev)]
         ok = False
         try:
@@ -237,8 +240,6 @@ class _Archiver:
         if not above and self.excluder.matchers and self.excluder.path_excluded(path):
             self.result.excluded += 1
             return None
-        if folder.plan is not None and not above:
-            self.devices.add(st.st_dev)  # a given path: its filesystem is one to stay on
         item = _Item(name, st, kind)
         entry = folder.parent.get(name) if folder.parent is not None else None
         if kind == DIR:
@@ -335,15 +336,10 @@ class _Archiver:
             and len(parent.names) == len(folder.items)
             and all(a.name == b for a, b in zip(folder.items, parent.names))
         )
-        if folder.plan is None:
-            if same:
-                self.result.dirs_unchanged += 1
-            elif parent is not None:
-                self.result.dirs_changed += 1
-            else:
-                self.result.dirs_new += 1
         if same:
             assert parent is not None
+            if folder.plan is None:
+                self.result.dirs_unchanged += 1
             os.close(folder.fd)
             if folder.item is None:
                 self.result.root = parent.tree_id
@@ -384,6 +380,13 @@ class _Archiver:
                 return
             self.waiting.popleft()
             tree_id = self.store_tree(folder)
+            if folder.plan is None:
+                if folder.parent is None:
+                    self.result.dirs_new += 1
+                elif folder.parent.tree_id == tree_id:
+                    self.result.dirs_unchanged += 1
+                else:
+                    self.result.dirs_changed += 1
             if folder.item is None:
                 self.result.root = tree_id
             else:

@@ -1,0 +1,148 @@
+"""Interrupted backups: kill -9 or Ctrl-C half-way leaves a consistent repository, and the next
+run reads only what the interrupted one had not saved by its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST_KDF, FAST_KDF_ARGS, PASSWORD, SRC
+from cairn.files.checkpoint import CheckpointStore
+from cairn.ops.backup import BackupOptions, backup
+from cairn.ops.check import CheckOptions, check
+from cairn.ops.restore import RestoreOptions, restore
+from cairn.repo.repository import Repository
+from cairn.storage.local import LocalBackend
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def big_tree(tmp_path: Path) -> Path:
+    """~192 MiB in 96 files of 2 MiB, compressible (hex text), so a backup takes a few seconds."""
+    root = tmp_path / "big"
+    rng = random.Random(11)
+    for i in range(96):
+        folder = root / f"part{i // 12:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"file{i:03d}.txt").write_bytes(rng.randbytes(MiB).hex().encode())
+    return root
+
+
+def cairn(tmp_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cairn", "-r", str(tmp_path / "repo"), *args]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    env = {**os.environ, "CAIRN_PASSWORD": PASSWORD, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(SRC)}
+    subprocess.run(cairn(tmp_path, "init", *FAST_KDF_ARGS), env=env, check=True, capture_output=True)
+    return env
+
+
+def checkpoint_file(tmp_path: Path, repo: Repository, host: str, tree: Path) -> Path:
+    return CheckpointStore(repo.config.id, host, [bytes(tree)], tmp_path / "cache" / "cairn").path
+
+
+def wait_for(predicate: object, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert process.poll() is None, f"the backup ended before it could be interrupted: {process.communicate()}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.005)
+
+
+def resume_and_compare(tmp_path: Path, env: dict[str, str], big_tree: Path) -> dict[str, object]:
+    """Run the backup again; it must read exactly the files the checkpoint did not have."""
+    done = subprocess.run(cairn(tmp_path, "--json", "backup", "--host", "box", str(big_tree)), env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])
+    total = sum(p.stat().st_size for p in big_tree.rglob("*") if p.is_file())
+    unchanged_bytes = summary["files_unmodified"] * 2 * MiB
+    assert summary["resumed"] is True
+    assert 0 < summary["files_unmodified"] < 96
+    assert summary["bytes_read"] == total - unchanged_bytes  # only the rest, nothing twice
+    repo = Repository.open(LocalBackend(tmp_path / "repo"), PASSWORD.encode())
+    assert not checkpoint_file(tmp_path, repo, "box", big_tree).exists()  # cleared once saved
+    assert check(repo, CheckOptions(read_data=True)).ok
+    restore(repo, RestoreOptions(f"latest:{big_tree}", str(tmp_path / "out")))
+    for path in big_tree.rglob("*.txt"):
+        assert (tmp_path / "out" / path.relative_to(big_tree)).read_bytes() == path.read_bytes()
+    return summary
+
+
+def test_kill_9_after_a_checkpoint_then_the_next_run_reads_only_the_rest(
+    tmp_path: Path, env: dict[str, str], big_tree: Path
+) -> None:
+    repo = Repository.open(LocalBackend(tmp_path / "repo"), PASSWORD.encode())
+    marker = checkpoint_file(tmp_path, repo, "box", big_tree)
+    process = subprocess.Popen(
+        cairn(tmp_path, "backup", "--host", "box", "--checkpoint-interval", "0.3", str(big_tree)),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for(marker.exists, process)
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert repo.snapshot_ids() == []  # no snapshot, and what is there is consistent
+    assert check(repo, CheckOptions(read_data=True)).ok
+    resume_and_compare(tmp_path, env, big_tree)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path: Path, env: dict[str, str], big_tree: Path) -> None:
+    """With periodic checkpoints off, the first Ctrl-C still saves one before stopping."""
+    repo = Repository.open(LocalBackend(tmp_path / "repo"), PASSWORD.encode())
+    process = subprocess.Popen(
+        cairn(tmp_path, "backup", "--host", "box", "--checkpoint-interval", "0", str(big_tree)),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for(lambda: any((tmp_path / "repo" / "data").rglob("*")), process)  # a first pack is written
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines() == [
+        "cairn: stopping after a checkpoint; press Ctrl-C again to stop at once",
+        "cairn: interrupted; the repository is left consistent, run the command again to continue",
+    ]
+    assert checkpoint_file(tmp_path, repo, "box", big_tree).exists()
+    assert repo.snapshot_ids() == []
+    resume_and_compare(tmp_path, env, big_tree)
+
+
+def test_checkpoints_in_process_cover_open_folders(tmp_path: Path, big_tree: Path) -> None:
+    """A checkpoint taken at every entry holds each open folder with the entries done so far,
+    so even one taken in the middle of a folder saves what it read there."""
+    repo = Repository.init(LocalBackend(tmp_path / "r"), b"pw", FAST_KDF)
+    seen: list[bytes] = []
+    store = CheckpointStore(repo.config.id, "h", [bytes(big_tree)], tmp_path / "c")
+    calls = 0
+
+    class Stop(Exception):
+        pass
+
+    def progress(status: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 40:  # part05 of part00..part07: folders open, others done
+            loaded = store.load()
+            assert loaded is not None
+            seen.append(loaded.tree)
+            raise Stop
+
+    with pytest.raises(Stop):
+        backup(repo, BackupOptions([str(big_tree)], host="h", checkpoint_interval=1e-9, checkpoint_dir=tmp_path / "c"),
+               progress)
+    assert seen
+    result = backup(repo, BackupOptions([str(big_tree)], host="h", checkpoint_dir=tmp_path / "c"))
+    assert result.resumed and result.files_unchanged >= 30 and result.files == 96
+    assert result.bytes_read == (96 - result.files_unchanged) * 2 * MiB
+    assert store.load() is None

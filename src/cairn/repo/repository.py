@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cairn.errors import DamagedObject, NotFound, ObjectMissing, RepositoryNotFound, UsageError, WrongPassword
+from cairn.errors import DamagedObject, NotFound, ObjectMissing, RepositoryLocked, RepositoryNotFound, UsageError, WrongPassword
 from cairn.repo import config as config_mod
 from cairn.repo import index as index_mod
 from cairn.repo import keys as keys_mod
@@ -51,6 +52,8 @@ class Repository:
         self._in_flight: set[bytes] = set()
         self._unsaved: list[tuple[bytes, list[PackEntry]]] = []
         self.locks = lock_mod.LockManager(self.store_object, self.load_object, backend)
+        self._lock_fresh_ns: int | None = None
+        """When the lock this process holds was last written, or None without a lock."""
 
     # -- creating and opening ------------------------------------------------------------
 
@@ -116,6 +119,7 @@ class Repository:
 
         Returns (new key id, removed key id).
         """
+        self._refuse_if_append_only("changing the password (it removes the old key)")
         old = self.key_id
         self.key_id = self.add_key(password, kdf)
         self.backend.delete(f"keys/{old}")
@@ -143,7 +147,12 @@ class Repository:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _refuse_if_append_only(self, what: str) -> None:
+        if self.config.append_only:
+            raise UsageError(f"the repository is append-only: {what} is not allowed")
+
     def remove_key(self, key_id: str) -> None:
+        self._refuse_if_append_only("removing a key")
         if key_id == self.key_id:
             raise UsageError("refusing to remove the key in use; open the repository with another password first")
         self.backend.delete(f"keys/{key_id}")
@@ -170,7 +179,14 @@ class Repository:
         superseded: set[bytes] = set()
         for obj in self.backend.list("index/"):
             index_id = _split_name(obj.name)
-            packs, supersedes = index_mod.decode_index(self.load_object("index", index_id), f"index {index_id[:8]}")
+            try:
+                plaintext = self.load_object("index", index_id)
+            except ObjectMissing:
+                # Deleted since we listed: only prune deletes index objects, only superseded
+                # ones, and only after every lock older than the superseding one is gone, so
+                # that one is in our listing (docs/FORMAT.md §12).
+                continue
+            packs, supersedes = index_mod.decode_index(plaintext, f"index {index_id[:8]}")
             contents[bytes.fromhex(index_id)] = packs
             superseded.update(supersedes)
         for index_id, packs in contents.items():
@@ -225,6 +241,7 @@ class Repository:
         with self._mutex:
             unsaved, self._unsaved = self._unsaved, []
         if unsaved:
+            self._check_lock_fresh()
             self.store_object("index", index_mod.new_index_id().hex(), index_mod.encode_index(unsaved))
 
     def flush(self) -> None:
@@ -265,6 +282,7 @@ class Repository:
     # -- snapshots ---------------------------------------------------------------------------
 
     def save_snapshot(self, snap: Snapshot) -> bytes:
+        self._check_lock_fresh()
         snap.id = os.urandom(32)
         self.store_object("snapshots", snap.id.hex(), snapshot_mod.encode(snap))
         return snap.id
@@ -276,7 +294,13 @@ class Repository:
         return [bytes.fromhex(_split_name(o.name)) for o in self.backend.list("snapshots/")]
 
     def list_snapshots(self) -> list[Snapshot]:
-        return sorted((self.load_snapshot(i) for i in self.snapshot_ids()), key=lambda s: s.time_ns)
+        snaps = []
+        for snapshot_id in self.snapshot_ids():
+            try:
+                snaps.append(self.load_snapshot(snapshot_id))
+            except ObjectMissing:
+                continue  # forgotten (or replaced by `tag`) since we listed
+        return sorted(snaps, key=lambda s: s.time_ns)
 
     def find_snapshot(self, ref: str) -> Snapshot:
         """A snapshot by full id, unique prefix of at least 4 hex digits, or `latest`."""
@@ -301,12 +325,18 @@ class Repository:
     def lock(self, exclusive: bool = False, command: str = "") -> Iterator[lock_mod.LockInfo]:
         """Hold a lock for the block, refreshing it in the background so it never looks stale."""
         held = self.locks.acquire(exclusive, command)
+        self._lock_fresh_ns = held.refreshed_ns
+        self._forget_index_from_before()
         stop = threading.Event()
 
         def refresher() -> None:
             nonlocal held
             while not stop.wait(lock_mod.REFRESH_EVERY):
-                held = self.locks.refresh(held)
+                try:
+                    held = self.locks.refresh(held)
+                except Exception:  # storage hiccup: try again next time; see _check_lock_fresh
+                    continue
+                self._lock_fresh_ns = held.refreshed_ns
 
         thread = threading.Thread(target=refresher, name="cairn-lock-refresh", daemon=True)
         thread.start()
@@ -315,4 +345,30 @@ class Repository:
         finally:
             stop.set()
             thread.join()
+            self._lock_fresh_ns = None
             self.locks.release(held)
+
+    def _forget_index_from_before(self) -> None:
+        """Drop an index read before this lock was taken, unless blobs of ours are in flight.
+
+        A writer must read the index it deduplicates against *after* its lock exists: prune
+        counts on it (docs/FORMAT.md §12) to know which writers may still hold a blob it removes.
+        """
+        with self._index_lock, self._mutex:
+            if self._index_loaded and not len(self._builder) and not self._unsaved and not self._in_flight:
+                self.index = index_mod.BlobIndex()
+                self._index_loaded = False
+
+    def _check_lock_fresh(self) -> None:
+        """Refuse to publish index objects or snapshots once our lock may look stale to others.
+
+        A lock not refreshed for lock.STALE_AFTER is ignored by prune, which may then delete
+        what this process still relies on; half that age leaves room for slow writes and clocks
+        that disagree by minutes.
+        """
+        fresh = self._lock_fresh_ns
+        if fresh is not None and time.time_ns() - fresh > lock_mod.STALE_AFTER * 1_000_000_000 // 2:
+            raise RepositoryLocked(
+                "this process could not refresh its lock for too long (was the machine asleep?); "
+                "a prune may have removed data it relies on, so nothing more is saved: run it again"
+            )

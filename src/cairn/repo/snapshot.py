@@ -30,6 +30,9 @@ class Snapshot:
     parent: bytes | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     program: str = ""
+    original: bytes | None = None
+    """Optional: the snapshot this one replaces or copies (`tag`, `copy`, `repair snapshots`
+    write new objects), followed back to the first; None for one a backup wrote."""
     id: bytes = b""
     """The object id; set when saved or loaded, not stored inside the object."""
 
@@ -43,22 +46,23 @@ class Snapshot:
 
 
 def encode(snap: Snapshot) -> bytes:
-    return encoding.pack(
-        {
-            "v": SNAPSHOT_FORMAT,
-            "kind": snap.kind,
-            "root": snap.root,
-            "paths": snap.paths,
-            "host": snap.host,
-            "user": snap.user,
-            "time": snap.time_ns,
-            "tz": snap.tz_offset,
-            "tags": snap.tags,
-            "parent": snap.parent,
-            "summary": snap.summary,
-            "program": snap.program,
-        }
-    )
+    body: dict[str, Any] = {
+        "v": SNAPSHOT_FORMAT,
+        "kind": snap.kind,
+        "root": snap.root,
+        "paths": snap.paths,
+        "host": snap.host,
+        "user": snap.user,
+        "time": snap.time_ns,
+        "tz": snap.tz_offset,
+        "tags": snap.tags,
+        "parent": snap.parent,
+        "summary": snap.summary,
+        "program": snap.program,
+    }
+    if snap.original is not None:
+        body["original"] = snap.original  # optional key: absent, the object is as before
+    return encoding.pack(body)
 
 
 def decode(plaintext: bytes, snapshot_id: bytes) -> Snapshot:
@@ -71,11 +75,13 @@ def decode(plaintext: bytes, snapshot_id: bytes) -> Snapshot:
     paths = encoding.field(obj, "paths", list, what)
     tags = encoding.field(obj, "tags", list, what)
     parent = obj.get("parent")
+    original = obj.get("original")
     if (
         kind not in KINDS or len(root) != 32
         or not all(isinstance(p, bytes) for p in paths)
         or not all(isinstance(t, str) for t in tags)
         or not (parent is None or (isinstance(parent, bytes) and len(parent) == 32))
+        or not (original is None or (isinstance(original, bytes) and len(original) == 32))
     ):
         raise DamagedObject(f"{what} is damaged: malformed fields")
     return Snapshot(
@@ -90,5 +96,6 @@ def decode(plaintext: bytes, snapshot_id: bytes) -> Snapshot:
         parent=parent,
         summary=encoding.field(obj, "summary", dict, what),
         program=encoding.field(obj, "program", str, what),
+        original=original,
         id=snapshot_id,
     )

@@ -35,8 +35,8 @@ class CairnGroup(click.Group):
         state = ctx.ensure_object(State)
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+        except (click.exceptions.Exit, click.ClickException, click.Abort, BrokenPipeError):
+            raise  # BrokenPipeError: the reader of stdout left (`| head`); main() ends quietly
         except CairnError as exc:
             if state.debug:
                 traceback.print_exc()

@@ -7,7 +7,6 @@ import struct
 import zlib
 from pathlib import Path
 
-import pytest
 from test_image_support import MiB, needs, partitions_of, put, run, sfdisk
 
 from cairn.image import gpt, partitions

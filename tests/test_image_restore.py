@@ -9,7 +9,7 @@ import pytest
 from test_image_ext import dumpe2fs_used, ext_disk
 from test_image_support import (
     MiB, file_sha, image_of, loop, mounted, needs, needs_root, new_repo, partitions_of, put, random_file,
-    restore_to, run, sfdisk,
+    restore_to, run,
 )
 
 from cairn.errors import UsageError

@@ -111,14 +111,19 @@ def _name(region: Region) -> str:
     return f"partition {region.number}" if region.role == "partition" else f"gap at byte {region.start}"
 
 
-def locate(dev: Device, partition: int) -> tuple[int, int]:
-    """(start, length) in bytes of partition `partition` of the disk on `dev`."""
+def read_layout(dev: Device) -> partitions.Layout:
+    """The partition table of the disk on `dev`; a filesystem at byte 0 means there is none."""
     whole = dev.volume(0, dev.size)
     try:
         is_volume = fs_mod.probe(whole, dev.size)[0] is not None
     except fs_mod.FsError:
-        is_volume = True
-    part = partitions.detect(whole, dev.size, dev.sector, is_volume).find(partition)
+        is_volume = True  # damaged, but a filesystem all the same: not a table
+    return partitions.detect(whole, dev.size, dev.sector, is_volume)
+
+
+def locate(dev: Device, partition: int) -> tuple[int, int]:
+    """(start, length) in bytes of partition `partition` of the disk on `dev`."""
+    part = read_layout(dev).find(partition)
     return part.start, part.length
 
 
@@ -130,12 +135,7 @@ def describe(
     Returns the description (pages still empty), the plans, the byte of the device where the
     imaged disk starts (a partition's start with `partition`, else 0) and warnings.
     """
-    whole = dev.volume(0, dev.size)
-    try:
-        is_volume = fs_mod.probe(whole, dev.size)[0] is not None
-    except fs_mod.FsError:
-        is_volume = True
-    layout = partitions.detect(whole, dev.size, dev.sector, is_volume)
+    layout = read_layout(dev)
     warnings = list(layout.warnings)
     page_chunks = max(1, min(PAGE_BYTES // chunk, 65536))
     if partition is not None:

@@ -38,6 +38,13 @@ class FileWriter:
         self.writers = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-restore")
         self.loaders = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-load")
         self.slots = threading.BoundedSemaphore(IN_FLIGHT)
+        self.crash: BaseException | None = None
+        """An exception a writer did not expect (a bug, an interrupt): the walker re-raises it."""
+
+    def check(self) -> None:
+        """Raise in the walking thread what went wrong unexpectedly in a writer thread."""
+        if self.crash is not None:
+            raise self.crash
 
     def close(self) -> None:
         """Wait for the files being written (an interrupted run cancels the queued ones)."""
@@ -119,6 +126,9 @@ class FileWriter:
             self.tally.damaged(rel, exc)
         except OSError as exc:
             self.tally.note("errors", rel, f"not written: {exc.strerror or exc}")
+        except BaseException as exc:
+            self.crash = self.crash or exc
+            raise
         finally:
             if fd >= 0:
                 os.close(fd)

@@ -114,6 +114,7 @@ class Restorer:
                     self.leave(frame)
                 self.reap(wait=False)
             self.reap(wait=True)
+            self.files.check()
         finally:
             stopped.set()
             self.files.close()
@@ -232,6 +233,7 @@ class Restorer:
 
     def reap(self, wait: bool) -> None:
         """Finish the folders whose files are all written (all of them when `wait`)."""
+        self.files.check()
         still = []
         for frame in self.waiting:
             if wait:

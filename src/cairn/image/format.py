@@ -30,10 +30,11 @@ backup header at the end of the disk, and each EBR sector of an MBR extended par
 4096 pairs, each 1 byte to 1 MiB, sorted, not overlapping each other or any region, and inside
 ``[0, size)``.
 
-``regions`` cover every other byte of the source: each partition is one region, and every
-stretch outside partitions and tables (the gap before the first partition where boot loaders
-live, space between and after partitions, the extended partition's unused space) is a ``gap``
-region. A region map:
+Writers make ``regions`` cover every other byte of the source: each partition is one region,
+and every stretch outside partitions and tables (the gap before the first partition where boot
+loaders live, space between and after partitions, the extended partition's unused space) is a
+``gap`` region, read whole. A ``partition`` kind description has one region at offset 0. A
+region map:
 
 =========== ============ ======================================================================
 key         type         meaning
@@ -266,6 +267,9 @@ def validate(disk: Disk, what: str) -> None:
     if not 1 <= disk.page_chunks <= MAX_PAGE_CHUNKS:
         raise bad("impossible page size")
     spans: list[tuple[int, int]] = []
+    offsets = [offset for offset, _ in disk.tables]
+    if offsets != sorted(offsets):
+        raise bad("table areas are not in order")
     for offset, data in disk.tables:
         if not (0 <= offset and 1 <= len(data) <= MAX_TABLE_BYTES and offset + len(data) <= disk.size):
             raise bad("a table area lies outside the disk")

@@ -28,6 +28,7 @@ from cairn.image import gpt
 from cairn.image.device import Device
 from cairn.image.format import Disk, Region
 from cairn.image.pages import PARTIAL, UNUSED, ZERO, ChunkRef, iter_chunks
+from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
 
 Progress = Callable[[int, int], None]
@@ -144,6 +145,8 @@ class Writer:
         if ref.kind == ZERO:
             self.target.zero(at, ref.length, self.target.size, self.sparse)
         else:
+            if self.repo.lookup(ref.blob_id).blob_type != BlobType.DATA:
+                raise DamagedObject(f"blob {ref.blob_id.hex()[:12]} named as disk data is not a data blob")
             data = self.repo.load_blob(ref.blob_id)
             if len(data) != ref.length:
                 raise DamagedObject(f"blob {ref.blob_id.hex()[:12]} is not as long as its chunk")

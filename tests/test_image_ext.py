@@ -156,3 +156,15 @@ def test_restore_onto_a_wiped_loop_device_mounts_with_equal_files(tmp_path: Path
         assert check.returncode == 0, check.stdout
         with mounted(partition, tmp_path / "mnt") as where:
             trees_equal(tree, where)
+
+
+@needs("sfdisk", "mkfs.ext4")
+def test_all_blocks_reads_free_blocks_too(tmp_path: Path) -> None:
+    disk, fs, part = ext_disk(tmp_path)
+    repo = new_repo()
+    result = image_of(repo, disk, all_blocks=True)
+    assert result.partitions[0].fs == "raw"
+    assert result.bytes_read == 128 * MiB - 67 * 512  # everything but the table sectors
+    out = tmp_path / "out.img"
+    restore_to(repo, result.snapshot_id, out)
+    assert file_sha(out) == file_sha(disk)  # free blocks' garbage included

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable, Iterator
 import shutil
 import stat
 
@@ -130,3 +131,19 @@ def open_folder(top: int, parts: list[bytes]) -> int:
 def list_names(fd: int) -> list[bytes]:
     """The names in an open folder, as bytes (listdir on a descriptor returns str)."""
     return [os.fsencode(n) for n in os.listdir(fd)]
+
+
+def delete_strays(fd: int, folder: bytes, known: set[bytes], wanted: Callable[[bytes], bool]) -> Iterator[tuple[bytes, str]]:
+    """Remove the entries of the target folder `fd` that the snapshot folder (snapshot path
+    `folder`, names `known`) lacks and that `wanted` says a restore would have written.
+    Yields (name, "") for each removed, (name, reason) for each that could not be."""
+    for name in list_names(fd):
+        if name in known or not wanted(folder + b"/" + name):
+            continue
+        try:
+            st = lstat_at(fd, name)
+            if st is not None:
+                remove(fd, name, st)
+                yield name, ""
+        except OSError as exc:
+            yield name, f"not deleted: {exc.strerror or exc}"

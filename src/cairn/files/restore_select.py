@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from cairn.files.tree import DIR, FILE, Node
 
 
 def _component(part: bytes) -> bytes:
@@ -130,3 +134,32 @@ class Selection:
         """Whether an entry that is not in the snapshot would have been restored: what
         `--delete` may remove (a restore of `*.txt` deletes stray .txt files only)."""
         return not self.excluded(path) and (inside_included or self.included(path))
+
+
+def planned_bytes(
+    load: Callable[[bytes], list[Node]], path: bytes, entries: list[Node], selected: bool,
+    selection: Selection, stopped: threading.Event,
+) -> int | None:
+    """The content bytes a restore of `entries` (the folder `path`) will write, each hard-linked
+    file once; None when `stopped` is set first. `load` reads a tree by id."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [(path, entries, selected)]
+    while stack:
+        if stopped.is_set():
+            return None
+        folder, nodes, inside = stack.pop()
+        for node in nodes:
+            child = folder + b"/" + node.name
+            if selection.excluded(child):
+                continue
+            chosen = inside or selection.included(child)
+            if node.type == DIR and node.subtree and (chosen or selection.worth_entering(child)):
+                stack.append((child, load(node.subtree), chosen))
+            elif node.type == FILE and chosen:
+                if node.links is not None:
+                    if node.links[:2] in seen:
+                        continue
+                    seen.add(node.links[:2])
+                total += node.size
+    return total

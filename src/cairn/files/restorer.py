@@ -26,7 +26,9 @@ rewrites it, while complete files are compared (or, with if-changed, just stat'e
 
 from __future__ import annotations
 
+import functools
 import os
+import resource
 import stat
 import threading
 from collections.abc import Callable
@@ -36,9 +38,11 @@ from dataclasses import dataclass, field
 from cairn.errors import CairnError
 from cairn.files import metadata
 from cairn.files.restore_entries import (
-    DIR_FLAGS, IF_NEWER, NEVER, Action, decide, list_names, lstat_at, make_special, open_folder, remove,
+    DIR_FLAGS, IF_NEWER, NEVER, Action, decide, delete_strays, lstat_at, remove,
 )
 from cairn.files.restore_files import IN_FLIGHT, FileWriter
+from cairn.files.restore_others import OtherEntries
+from cairn.files.restore_select import planned_bytes
 from cairn.files.restore_state import RestoreProgress, RestoreResult, RestoreSettings, Tally
 from cairn.files.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree
 from cairn.repo.repository import Repository
@@ -68,6 +72,16 @@ class _Frame:
     index: int = 0
 
 
+def _raise_fd_limit() -> None:
+    """Each folder on the walk's path stays open (no path string is ever resolved again), so a
+    tree 2000 folders deep needs 2000 descriptors: lift the soft limit (often 1024) toward the
+    hard one, as far as 65536."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def _ordered(nodes: list[Node]) -> list[Node]:
     return sorted(nodes, key=lambda n: n.type == SYMLINK)  # stable: symlinks last
 
@@ -79,6 +93,7 @@ class Restorer:
         self.tally = Tally(progress)
         self.owner = os.geteuid() == 0 if settings.owner is None else settings.owner
         self.files = FileWriter(repo, settings, self.tally, self.owner)
+        self.others = OtherEntries(settings, self.tally, self.owner)
         self.linked: dict[tuple[int, int], tuple[bytes, Future[None] | None]] = {}
         self.waiting: list[_Frame] = []  # left by the walk, files still being written
         self.top_fd = -1
@@ -88,6 +103,7 @@ class Restorer:
 
     # -- the walk ----------------------------------------------------------------------------
     def run(self, top: _Frame, target: str) -> RestoreResult:
+        _raise_fd_limit()
         if not self.owner and os.geteuid() != 0:
             self.tally.result.notes.append("not running as root: owners are not restored (files belong to you)")
         existed = os.path.isdir(target)
@@ -125,26 +141,14 @@ class Restorer:
         return self.tally.result
 
     def measure(self, top: _Frame, stopped: threading.Event) -> None:
-        """In a side thread: the bytes the restore will write, for the progress bar's total.
-        A damaged tree just ends the count (the walk itself reports it)."""
-        sel, seen, total = self.settings.selection, set(), 0
-        stack = [(top.path, top.entries, top.selected)]
+        """In a side thread: the bytes to restore, the progress bar's total. A damaged tree just
+        ends the count (the walk itself reports it)."""
+        load = functools.partial(load_tree, self.repo)
         try:
-            while stack and not stopped.is_set():
-                folder, entries, selected = stack.pop()
-                for n in entries:
-                    path = folder + b"/" + n.name
-                    inside = selected or sel.included(path)
-                    if sel.excluded(path):
-                        continue
-                    if n.type == DIR and n.subtree and (inside or sel.worth_entering(path)):
-                        stack.append((path, load_tree(self.repo, n.subtree), inside))
-                    elif n.type == FILE and inside and (n.links is None or n.links[:2] not in seen):
-                        seen.add(n.links[:2] if n.links else None)
-                        total += n.size
+            total = planned_bytes(load, top.path, top.entries, top.selected, self.settings.selection, stopped)
         except CairnError:
             return
-        if not stopped.is_set():
+        if total is not None:
             self.tally.total_bytes = total
 
     def visit(self, frame: _Frame, node: Node) -> _Frame | None:
@@ -170,7 +174,7 @@ class Restorer:
             return None
         key = node.links[:2] if node.links is not None else None
         if key is not None and key in self.linked:
-            self.link(parent, node, rel, *self.linked[key])
+            self.others.link(self.top_fd, parent, node, rel, *self.linked[key])
             return None
         job: Future[None] | None = None
         if node.type == FILE:
@@ -182,7 +186,7 @@ class Restorer:
                     frame.pending = [j for j in frame.pending if not j.done()]
                 frame.pending.append(job)
         elif node.type in (SYMLINK, FIFO, CHARDEV, BLOCKDEV):
-            if not self.restore_special(parent, node, rel):
+            if not self.others.special(parent, node, rel):
                 return None
         else:
             self.note("skipped", rel, f"entry type {node.type!r} is not restored by this version")
@@ -192,18 +196,27 @@ class Restorer:
         return None
 
     def open(self, frame: _Frame, create: bool = True) -> int | None:
-        """The frame's folder in the target, created (and its parents) when `create`."""
-        if frame.fd is not None or frame.blocked or frame.parent is None:
-            return frame.fd
-        parent = self.open(frame.parent, create)
-        if parent is None:
+        """The frame's folder in the target, created (and its parents) when `create`; None when
+        it cannot be (blocked), or does not exist and `create` is false."""
+        chain = []
+        while frame.fd is None and not frame.blocked and frame.parent is not None:
+            chain.append(frame)
+            frame = frame.parent
+        if frame.fd is None:
             return None
+        for child in reversed(chain):  # outermost first: each needs its parent open
+            if not self.open_one(child, frame.fd, create):
+                return None
+            frame = child
+        return frame.fd
+
+    def open_one(self, frame: _Frame, parent: int, create: bool) -> bool:
         node = frame.node
         assert node is not None
         st = lstat_at(parent, node.name)
-        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
         if st is None and not create:
-            return None
+            return False
+        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
         try:
             if action in (Action.CREATE, Action.REPLACE):
                 if st is not None:
@@ -212,22 +225,28 @@ class Restorer:
             elif st is not None and not stat.S_ISDIR(st.st_mode):  # LEAVE over a non-folder
                 frame.blocked = True
                 self.note("skipped", frame.rel, "a non-folder in the target is in the way (--overwrite)")
-                return None
+                return False
             frame.apply = action != Action.LEAVE
             frame.fd = os.open(node.name, DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             frame.blocked = True
             self.note("skipped", frame.rel, f"folder not restored: {exc.strerror or exc}")
-            return None
+            return False
         self.tally.count("dirs")
-        return frame.fd
+        return True
 
     def leave(self, frame: _Frame) -> None:
         """Delete strays (--delete), then apply the folder's metadata once its files are done."""
         if self.settings.delete and frame.strays and not frame.blocked:
             fd = self.open(frame, create=False)
             if fd is not None:
-                self.delete_strays(frame, fd)
+                known = {n.name for n in frame.entries}
+                wants = functools.partial(self.settings.selection.wants, inside_included=frame.selected)
+                for name, problem in delete_strays(fd, frame.path, known, wants):
+                    if problem:
+                        self.note("skipped", frame.rel + b"/" + name if frame.rel else name, problem)
+                    else:
+                        self.tally.count("deleted")
         if frame.fd is not None:
             self.waiting.append(frame)
 
@@ -256,80 +275,6 @@ class Restorer:
                 os.close(frame.fd)
             frame.fd = None
 
-    def delete_strays(self, frame: _Frame, fd: int) -> None:
-        known = {n.name for n in frame.entries}
-        for name in list_names(fd):
-            path = frame.path + b"/" + name
-            if name in known or not self.settings.selection.wants(path, frame.selected):
-                continue
-            rel = frame.rel + b"/" + name if frame.rel else name
-            st = lstat_at(fd, name)
-            try:
-                if st is not None:
-                    remove(fd, name, st)
-                    self.tally.count("deleted")
-            except OSError as exc:
-                self.note("skipped", rel, f"not deleted: {exc.strerror or exc}")
-
-    # -- entries -----------------------------------------------------------------------------
-    def restore_special(self, parent: int, node: Node, rel: bytes) -> bool:
-        """A symlink, FIFO or device node; False when it was not restored."""
-        st = lstat_at(parent, node.name)
-        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
-        if action == Action.BLOCKED:
-            self.note("skipped", rel, "a folder in the target is in the way (add --delete to replace it)")
-            return False
-        if action == Action.LEAVE:
-            self.tally.count("unchanged")
-            return True
-        try:
-            if action != Action.KEEP:
-                if st is not None:
-                    remove(parent, node.name, st)
-                make_special(parent, node.name, node)
-        except PermissionError as exc:
-            if node.type in (CHARDEV, BLOCKDEV):
-                self.note("warnings", rel, "device node not created: only root can create device nodes")
-            else:
-                self.note("skipped", rel, f"not restored: {exc.strerror or exc}")
-            return False
-        except OSError as exc:
-            self.note("skipped", rel, f"not restored: {exc.strerror or exc}")
-            return False
-        for warning in metadata.apply(parent, node.name, node, owner=self.owner):
-            self.note("warnings", rel, warning)
-        self.tally.count("unchanged" if action == Action.KEEP else "specials")
-        return True
-
-    def link(self, parent: int, node: Node, rel: bytes, first: bytes, job: Future[None] | None) -> None:
-        """Make `node` a hard link to `first`, a name restored earlier in this run."""
-        if job is not None:
-            job.result()  # the first name may still be replaced by its writer
-        *folders, first_name = first.split(b"/")
-        try:
-            source = open_folder(self.top_fd, folders)
-            try:
-                have = lstat_at(source, first_name)
-                st = lstat_at(parent, node.name)
-                if have is not None and st is not None and (st.st_dev, st.st_ino) == (have.st_dev, have.st_ino):
-                    self.tally.count("unchanged")
-                    return
-                if st is not None:
-                    if self.settings.overwrite == NEVER or (
-                        self.settings.overwrite == IF_NEWER and node.mtime <= st.st_mtime_ns):
-                        self.tally.count("unchanged")
-                        return
-                    if stat.S_ISDIR(st.st_mode) and not self.settings.delete:
-                        self.note("skipped", rel, "a folder in the target is in the way (add --delete to replace it)")
-                        return
-                    remove(parent, node.name, st)
-                os.link(first_name, node.name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
-            finally:
-                os.close(source)
-        except OSError as exc:
-            self.note("skipped", rel, f"hard link to {os.fsdecode(first)} not made: {exc.strerror or exc}")
-            return
-        self.tally.count("links")
 
 
 def restore(

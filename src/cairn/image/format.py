@@ -47,7 +47,8 @@ key         type         meaning
 ``fs``      str          filesystem read by its allocation map (``ext2``, ``ext3``, ``ext4``,
                          ``fat12``, ``fat16``, ``fat32``, ``ntfs``) or ``raw`` (read whole)
 ``block``   int          mask granularity B in bytes: a power of two, 512 ≤ B ≤ C / 8
-``used``    int          bytes the filesystem reported in use (informational)
+``used``    int          bytes in use per the allocation map, the whole region if raw
+                         (informational: progress and summaries)
 ``type``    str          GPT type GUID, or MBR type as ``0x83``; ``""`` for gaps
 ``uuid``    str          GPT unique partition GUID; ``""`` if none
 ``label``   str          GPT partition name or filesystem label
@@ -64,7 +65,7 @@ A region of length L is cut into N = ceil(L / C) chunks; chunk i covers bytes
 ``[i·C, min((i+1)·C, L))`` of the region (offsets relative to ``start``, so filesystem blocks
 align with chunks and a changed block changes one chunk). Chunks are grouped P to a page:
 there are ceil(N / P) pages, and page j covers chunks ``j·P`` to ``min((j+1)·P, N) − 1``. So a
-2 TB disk at C = 1 MiB needs 32 page ids, never one giant list.
+2 TiB disk at C = 1 MiB (P = 65536, 64 GiB a page) needs 32 page ids, never one giant list.
 
 A page's plaintext is a map ``{"v": 1, "chunks": int, "runs": bin}``; ``chunks`` MUST equal
 the number of chunks the page covers. ``runs`` is a concatenation of runs, big-endian::
@@ -85,7 +86,8 @@ lengths, so empty terabytes cost a few bytes.
 
 Restoring writes, for every chunk: DATA and PARTIAL blobs at ``start + i·C``; zeros for ZERO
 (a hole in a sparse file); nothing for UNUSED (the filesystem does not care). Then the table
-bytes. A reader MUST check every blob's length and every offset against ``size`` before writing,
+bytes. A delta restore or a verification compares a target chunk with a PARTIAL blob after
+setting the target's unused blocks to zero, exactly as the imager stored it. A reader MUST check every blob's length and every offset against ``size`` before writing,
 so a hostile description cannot write outside the target.
 """
 

@@ -90,3 +90,7 @@ def one_line_error(result: Result) -> str:
     assert lines[0].startswith("cairn: "), lines[0]
     return lines[0]
 
+
+
+# Real storage servers (sshd, SeaweedFS, moto) as session fixtures, started on first use only.
+from servers import moto_s3, seaweedfs, sshd  # noqa: E402,F401

@@ -171,11 +171,11 @@ def test_flag_wins_over_repository_env(repo_dir: Path, tmp_path: Path, cli: CliR
     ok(cli("-r", str(repo_dir), "snapshots", env={"CAIRN_REPOSITORY": str(tmp_path / "elsewhere")}))
 
 
-@pytest.mark.parametrize("location", ["sftp:backup@nas:/srv/cairn", "s3:s3.amazonaws.com/bucket", "rclone:remote:x"])
-def test_remote_locations_are_not_supported_yet(location: str, cli: CliRun) -> None:
+@pytest.mark.parametrize("location", ["ftp://nas/srv/cairn", "webdav:nas/x", "sftp:nas", "s3:https://endpoint/"])
+def test_unknown_or_incomplete_locations_are_usage_errors(location: str, cli: CliRun) -> None:
     result = cli("-r", location, "snapshots")
     assert result.exit_code == 2
-    assert "remote repositories are not supported yet" in one_line_error(result)
+    assert location in one_line_error(result) or "unknown repository location scheme" in one_line_error(result)
 
 
 def test_init_without_a_location_uses_the_default_under_xdg_data_home(isolated_env: Path, cli: CliRun) -> None:
@@ -239,7 +239,7 @@ def test_open_backend_recognises_locations(tmp_path: Path) -> None:
     assert isinstance(access.open_backend(str(tmp_path)), LocalBackend)
     assert access.open_backend(f"local:{tmp_path}").properties.location == str(tmp_path)
     assert isinstance(access.open_backend("relative/folder"), LocalBackend)
-    with pytest.raises(UsageError, match=r"not supported yet \(sftp:\)"):
-        access.open_backend("sftp:host:/x")
+    with pytest.raises(UsageError, match=r"unknown repository location scheme ftp:"):
+        access.open_backend("ftp://host/x")
     with pytest.raises(UsageError, match="names no folder"):
         access.open_backend("local:")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 import shlex
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
@@ -33,7 +32,7 @@ from cairn.ops.init import InitOptions, InitResult, init
 from cairn.repo.keys import KdfParams
 from cairn.repo.repository import Repository
 from cairn.storage.base import Backend
-from cairn.storage.local import LocalBackend
+from cairn.storage.stack import open_storage
 
 ENV_REPOSITORY = "CAIRN_REPOSITORY"
 ENV_PASSWORD = "CAIRN_PASSWORD"
@@ -45,8 +44,6 @@ NO_PASSWORD = (
     "use --password-file or --password-command, or run cairn in a terminal to be asked"
 )
 
-# A scheme is at least two letters, so a Windows drive ("C:\\backup") is never taken for one.
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 
 Prompt = Callable[[str], str]
 
@@ -90,24 +87,15 @@ def resolve_location(selection: RepoSelection) -> Location:
     return Location(default_location(), True)
 
 
-def open_backend(location: str) -> Backend:
+def open_backend(location: str, *, create: bool = False) -> Backend:
     """The storage backend for a location string: the one place where new schemes plug in.
 
-    ``/path``, a relative path, ``~/path`` and ``local:/path`` are local folders.
+    ``/path``, a relative path, ``~/path`` and ``local:/path`` are local folders;
+    ``sftp:``, ``s3:`` and ``rclone:`` locations are remote (grammar in `cairn.storage.location`),
+    wrapped in retries and a connection limit by `cairn.storage.stack.open_storage`. `create` is
+    set only by `create_repository`: it lets ``init`` create a missing S3 bucket.
     """
-    if location.startswith("local:"):
-        path = location[len("local:") :]
-    else:
-        match = _SCHEME.match(location)
-        if match:
-            raise UsageError(
-                f"remote repositories are not supported yet ({match.group(1)}:); "
-                "use a local path or a mounted drive"
-            )
-        path = location
-    if not path:
-        raise UsageError(f"the repository location {location!r} names no folder")
-    return LocalBackend(os.path.expanduser(path))
+    return open_storage(location, create=create)
 
 
 # -- passwords ------------------------------------------------------------------------------
@@ -244,7 +232,7 @@ def create_repository(selection: RepoSelection, kdf: KdfParams | None = None) ->
     Refuses an existing repository before asking for the new password.
     """
     location = resolve_location(selection)
-    backend = open_backend(location.text)
+    backend = open_backend(location.text, create=True)
     try:
         if Repository.probe(backend):
             raise UsageError(f"a repository already exists at {location.text}")

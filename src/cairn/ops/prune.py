@@ -36,13 +36,15 @@ from cairn.ops.reachable import Reachability
 from cairn.policy.repack import Limit, RepackOptions, plan
 from cairn.repo import maintenance as mnt
 from cairn.repo.index import RECORD, iter_records
-from cairn.repo.pack import object_name
+from cairn.repo.pack import PackEntry, object_name
 from cairn.repo.repository import Repository
 from cairn.repo.table import IndexTable, list_ids, read_index_objects, try_load_table
 
 Progress = Callable[[str, int, int], None]
 KILL_ENV = "CAIRN_TEST_PRUNE_KILL_AT"
 """Test hook: the name of a step after which the process kills itself with SIGKILL."""
+PAUSE_ENV = "CAIRN_TEST_PRUNE_PAUSE_AT"
+"""Test hook: ``step=seconds``, a pause after that step (to run other processes beside it)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class PruneResult:
 def _checkpoint(step: str) -> None:
     if os.environ.get(KILL_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    pause_step, _, seconds = os.environ.get(PAUSE_ENV, "").partition("=")
+    if pause_step == step:
+        time.sleep(float(seconds or 1))
 
 
 def prune(repo: Repository, options: PruneOptions | None = None, progress: Progress | None = None) -> PruneResult:
@@ -148,10 +153,11 @@ class _Prune:
         _checkpoint("pending")
         for pending_id in self.unreadable_pendings:
             mnt.delete_quietly(self.repo, f"pending/{pending_id.hex()}")
-        keep = None if barrier else self.settled(table, reach, applied.new_index_ids, pending)
+        holding = mnt.blocking_locks(self.repo, barrier)
+        keep = None if holding else self.settled(table, reach, applied.new_index_ids, pending)
         if keep is None:
             waiting.append(pending)
-            self.result.waiting_for = [lock.describe() for lock in mnt.blocking_locks(self.repo, barrier)]
+            self.result.waiting_for = [lock.describe() for lock in holding]
         else:
             self.delete(pending, stored, keep)
         self.result.pending = len(waiting)
@@ -160,9 +166,12 @@ class _Prune:
     # -- step 3 ------------------------------------------------------------------------------
 
     def survey(self) -> tuple[IndexTable, dict[bytes, int], Reachability]:
-        """Load the index, list packs, walk every snapshot; index again any pack that holds a
-        blob a snapshot needs and no live index names (once; then such a blob is lost)."""
-        for attempt in (1, 2):
+        """Load the index, list packs, walk every snapshot. Blobs a snapshot needs that no live
+        index names are looked for in the packs no index names (pending or leftover), and
+        those holding one are indexed again; this repeats (a re-indexed tree may name more)
+        until nothing more is found, and then any such blob is lost."""
+        headers: dict[bytes, list[PackEntry] | None] = {}
+        while True:
             table = try_load_table(self.repo)
             stored = stored_packs(self.repo)
             lost = [table.pack_ids[p] for p in np.unique(table.pack) if table.pack_ids[p] not in stored]
@@ -183,26 +192,30 @@ class _Prune:
             self.result.snapshots = len(reach.walked)
             if not reach.missing:
                 return table, stored, reach
-            if attempt == 1 and not self.options.dry_run and self.reindex(table, stored, reach.missing):
-                continue
-            break
-        raise DamagedObject(
-            f"{len(reach.missing)} blobs that snapshots need are in no pack (first: "
-            f"{next(iter(reach.missing)).hex()[:12]}): run 'cairn check', then 'cairn repair snapshots'"
-        )
+            if self.options.dry_run or not self.reindex(table, stored, reach.missing, headers):
+                raise DamagedObject(
+                    f"{len(reach.missing)} blobs that snapshots need are in no pack (first: "
+                    f"{next(iter(reach.missing)).hex()[:12]}): run 'cairn check', then 'cairn repair snapshots'"
+                )
 
-    def reindex(self, table: IndexTable, stored: dict[bytes, int], missing: set[bytes]) -> bool:
-        """Index again the pending or leftover packs holding `missing` blobs: a backup that ran
+    def reindex(
+        self, table: IndexTable, stored: dict[bytes, int], missing: set[bytes], headers: dict[bytes, list[PackEntry] | None]
+    ) -> bool:
+        """Index again the packs no index names that hold `missing` blobs: a backup that ran
         beside an earlier prune deduplicated against them (FORMAT §12)."""
         found: list[tuple[bytes, bytes]] = []
-        candidates = [p for p in stored if p not in table.pack_numbers]
-        for pack_id in candidates:
-            try:
-                entries = self.repo.read_pack_header(pack_id, stored[pack_id])
-            except (DamagedObject, ObjectMissing):
+        for pack_id in stored:
+            if pack_id in table.pack_numbers:
                 continue
-            if any(e.blob_id in missing for e in entries):
-                found.append((pack_id, b"".join(RECORD.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries)))
+            if pack_id not in headers:
+                try:
+                    headers[pack_id] = self.repo.read_pack_header(pack_id, stored[pack_id])
+                except (DamagedObject, ObjectMissing):
+                    headers[pack_id] = None
+            entries = headers[pack_id]
+            if entries and any(e.blob_id in missing for e in entries):
+                records = b"".join(RECORD.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries)
+                found.append((pack_id, records))
         if found:
             mnt.write_index(self.repo, found)
             self.result.reindexed_packs += len(found)

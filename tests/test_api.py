@@ -17,7 +17,7 @@ PUBLIC = [
     "Repository", "KdfParams",
     "CairnError", "UsageError", "RepositoryNotFound", "WrongPassword", "UnsupportedVersion", "DamagedObject",
     "RepositoryLocked", "NotFound", "StorageError", "ObjectMissing", "StorageFull", "StorageReadOnly",
-    "StorageAccessDenied", "PartialSuccess", "CheckFailed", "Interrupted",
+    "StorageAccessDenied", "PartialSuccess", "CheckFailed", "DeviceError", "VerifyFailed", "Interrupted",
     "RepoSelection", "open_backend", "open_repository", "ensure_repository", "default_location",
     "init", "InitOptions", "InitResult",
     "list_keys", "add_key", "change_password", "remove_key", "AddKeyOptions", "KeyEntry", "PasswordChange",

@@ -238,7 +238,7 @@ def test_an_image_snapshot_needs_its_root_blob_indexed(built: Built) -> None:
     snap = Snapshot("image", os.urandom(32), [b"/dev/sda"], "host", "user")
     built.repo.save_snapshot(snap)
     error = only_error(check(built.repo, CheckOptions()))
-    assert error.startswith(f"snapshot {snap.short_id}: its root blob ")
+    assert error == f"snapshot {snap.short_id}: disk description {snap.root.hex()[:12]}: blob {snap.root.hex()[:12]} is not in the index"
 
 
 def test_each_tree_is_opened_once_however_many_snapshots_share_it(

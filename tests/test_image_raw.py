@@ -228,3 +228,19 @@ def test_the_checker_names_a_missing_page_and_missing_data(tmp_path: Path) -> No
     repo.load_blob = lambda i: b"\x81\xa1v\x07" if i == page else real_load(i)  # type: ignore[method-assign]
     damaged = list(image_problems(repo, snap.root, indexed))
     assert len(damaged) == 1 and page.hex()[:12] in damaged[0]
+
+
+@needs("sfdisk")
+def test_cairn_check_covers_image_snapshots(tmp_path: Path) -> None:
+    from cairn.ops.check import CheckOptions, check
+    from cairn.repo.pack import object_name
+
+    disk = raw_disk(tmp_path)
+    repo = new_repo()
+    snap = repo.find_snapshot(image_of(repo, disk).snapshot_id.hex())
+    assert check(repo, CheckOptions(read_data=True)).errors == []
+    _, description = load_disk(repo, snap.id.hex())
+    page = description.regions[1].pages[0]
+    repo.backend.delete(object_name(repo.lookup(page).pack_id))  # the pack holding an extent page
+    errors = check(repo, CheckOptions()).errors
+    assert any(f"snapshot {snap.short_id}" in e and page.hex()[:12] in e for e in errors), errors

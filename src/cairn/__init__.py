@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "StorageAccessDenied": "cairn.errors",
     "PartialSuccess": "cairn.errors",
     "CheckFailed": "cairn.errors",
+    "DeviceError": "cairn.errors",
+    "VerifyFailed": "cairn.errors",
     "Interrupted": "cairn.errors",
     # choosing and opening a repository
     "RepoSelection": "cairn.ops.access",

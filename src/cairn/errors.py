@@ -111,6 +111,18 @@ class CheckFailed(CairnError):
     exit_code = 20
 
 
+class DeviceError(CairnError):
+    """Reading or writing a disk or disk-image file failed, or a write would leave the target."""
+
+    exit_code = 22
+
+
+class VerifyFailed(CairnError):
+    """A `--verify` read-back found bytes that differ from what was stored."""
+
+    exit_code = 23
+
+
 class Interrupted(CairnError):
     """The user interrupted the command (Ctrl-C); the repository stays consistent."""
 

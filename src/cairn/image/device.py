@@ -2,7 +2,7 @@
 
 Both kinds look the same from here: a file descriptor, a size and a logical sector size.
 Reads are exact (a short read raises), so a truncated device never turns into silently
-zero-filled chunks. I/O failures are `CairnError` (exit code 1) naming the device and byte.
+zero-filled chunks. I/O failures are `DeviceError` (exit code 22) naming the device and byte.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import stat
 import struct
 from collections.abc import Callable
 
-from cairn.errors import CairnError, UsageError
+from cairn.errors import DeviceError, UsageError
 
 BLKSSZGET = 0x1268
 BLKZEROOUT = 0x127F
@@ -90,27 +90,27 @@ class Device:
             try:
                 got = os.preadv(self.fd, [view[done:]], offset + done)
             except OSError as exc:
-                raise CairnError(f"reading {self.path} at byte {offset + done}: {exc.strerror}") from None
+                raise DeviceError(f"reading {self.path} at byte {offset + done}: {exc.strerror}") from None
             if got == 0:
-                raise CairnError(f"{self.path} ended at byte {offset + done}, expected more data")
+                raise DeviceError(f"{self.path} ended at byte {offset + done}, expected more data")
             done += got
 
     def write(self, offset: int, data: bytes | memoryview, limit: int) -> None:
         """Write at `offset`, never past `limit` (the end the restore was allowed to touch)."""
         if offset < 0 or offset + len(data) > limit:
-            raise CairnError(f"refusing to write {len(data)} bytes at {offset}: outside the target")
+            raise DeviceError(f"refusing to write {len(data)} bytes at {offset}: outside the target")
         view = memoryview(data)
         done = 0
         while done < len(view):
             try:
                 done += os.pwrite(self.fd, view[done:], offset + done)
             except OSError as exc:
-                raise CairnError(f"writing {self.path} at byte {offset + done}: {exc.strerror}") from None
+                raise DeviceError(f"writing {self.path} at byte {offset + done}: {exc.strerror}") from None
 
     def zero(self, offset: int, length: int, limit: int, sparse: bool) -> None:
         """Make a span read as zeros: a hole in a file, BLKZEROOUT on a device, else writes."""
         if offset < 0 or offset + length > limit:
-            raise CairnError(f"refusing to zero {length} bytes at {offset}: outside the target")
+            raise DeviceError(f"refusing to zero {length} bytes at {offset}: outside the target")
         if sparse and not self.is_device and punch_hole(self.fd, offset, length):
             return
         if self.is_device:
@@ -125,7 +125,7 @@ class Device:
         try:
             os.fsync(self.fd)
         except OSError as exc:
-            raise CairnError(f"flushing {self.path}: {exc.strerror}") from None
+            raise DeviceError(f"flushing {self.path}: {exc.strerror}") from None
 
     def drop_cache(self) -> None:
         """Forget cached pages, so the next read comes from the medium, not from memory."""

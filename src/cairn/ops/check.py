@@ -11,8 +11,8 @@ from a snapshot opens and every blob it names (file content, subtrees) is in the
 authenticated, decompressed and compared with its id.
 
 Packs no index names are the normal leftovers of an interrupted backup (docs/FORMAT.md §12): they
-are warnings, not errors. Image snapshots are checked down to their root blob being indexed; the
-disk description's extents are walked by the image layer's own check (not yet written).
+are warnings, not errors. Image snapshots are walked by the image layer's checker: the disk
+description, every extent page, and every data blob they name.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from cairn.errors import CairnError, DamagedObject, UsageError
 from cairn.files.tree import decode_tree
+from cairn.image.checker import image_problems
 from cairn.repo import config as config_mod
 from cairn.repo import index as index_mod
 from cairn.repo import keys as keys_mod
@@ -326,9 +327,9 @@ class _Checker:
         visited: set[bytes] = set()
         for done, snap in enumerate(sorted(snapshots, key=lambda s: s.time_ns), 1):
             where = f"snapshot {snap.short_id}"
-            if snap.kind != "files":
-                if self.index.lookup(snap.root) is None:
-                    self.errors.append(f"{where}: its root blob {_short(snap.root)} is not in the index")
+            if snap.kind == "image":
+                is_indexed = lambda blob_id, blob_type: self.indexed_as(blob_id, blob_type) is not None  # noqa: E731
+                self.errors.extend(image_problems(self.repo, snap.root, is_indexed, where))
             else:
                 stack = [(snap.root, "/")]
                 while stack:

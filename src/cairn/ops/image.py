@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from cairn.errors import CairnError, UsageError
+from cairn.errors import UsageError, VerifyFailed
 from cairn.image import format as disk_format
 from cairn.image import mounts
 from cairn.image.device import Device
@@ -171,7 +171,7 @@ def image(repo: Repository, options: ImageOptions, progress: Callable[[ImageProg
             check = (lambda d, t: progress(ImageProgress("verifying", d, t))) if progress else None
             problems = verify_source(repo, disk, dev, base, options.workers, check, load_blobs=True)
             if problems:
-                raise CairnError(f"verification failed, no snapshot saved: {problems[0]} ({len(problems)} problems)")
+                raise VerifyFailed(f"verification failed, no snapshot saved: {problems[0]} ({len(problems)} problems)")
             verified = True
         if freeze.expired:
             raise UsageError(

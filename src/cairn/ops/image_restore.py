@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from cairn.errors import CairnError, UsageError
+from cairn.errors import UsageError, VerifyFailed
 from cairn.image import format as disk_format
 from cairn.image import mounts
 from cairn.image.device import Device
@@ -146,7 +146,7 @@ def image_restore(
             check = (lambda d, t: progress(RestoreProgress("verifying", d, t))) if progress else None
             problems = compare(repo, disk, dev, regions, shift, writer.final_tables, options.workers, check)
             if problems:
-                raise CairnError(f"the restored {target} does not match the image: {problems[0]} ({len(problems)} problems)")
+                raise VerifyFailed(f"the restored {target} does not match the image: {problems[0]} ({len(problems)} problems)")
             verified = True
     return ImageRestoreResult(
         snapshot_id, target, dev.size, writer.delta, stats.bytes_total, stats.bytes_written, stats.bytes_compared,

@@ -120,11 +120,18 @@ class Sshd:
     def start(self) -> None:
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation needs it
         log = self.base / "sshd.log"
-        self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.base / "sshd_config"), "-E", str(log)])
+        # Its own process group: the per-connection children live there too, so `stop` ends them.
+        self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.base / "sshd_config"), "-E", str(log)],
+                                        start_new_session=True)
         wait_for_port(self.port, self.process, log)
 
     def stop(self) -> None:
+        """Stop the server and every session it serves, as a machine going down would."""
         if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
             stop_process(self.process)
             self.process = None
 

@@ -196,6 +196,10 @@ class SftpBackend:
             for start in range(0, view.nbytes, WRITE_SLICE):
                 handle.write(view[start : start + WRITE_SLICE].tobytes())
             handle.flush()
+            # paramiko lets a later request swallow the answers to pipelined writes, failures
+            # included (a full disk went unnoticed that way): collect every answer here.
+            while handle._reqs:
+                sftp._read_response(handle._reqs.popleft())
             if self._fsync:
                 try:
                     sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle.handle)
@@ -203,6 +207,10 @@ class SftpBackend:
                     if _connection_gone(sftp, exc):
                         raise
                     self._fsync = False  # the server lacks the extension: its close is all we get
+        # paramiko also ignores a failed close; the size tells whether every byte landed.
+        written = sftp.stat(temp).st_size
+        if written != view.nbytes:
+            raise OSError(f"the server kept {written} of {view.nbytes} bytes")
 
     def _replace(self, sftp: paramiko.SFTPClient, temp: str, path: str) -> None:
         if self._posix_rename and self._posix_replace(sftp, temp, path):
@@ -237,17 +245,17 @@ class SftpBackend:
         return False
 
     def _make_folders(self, sftp: paramiko.SFTPClient, folder: str) -> None:
-        relative = folder[len(self._base) :].strip("/")
-        current = self._base
-        parts = relative.split("/") if relative else []
-        for part in ["", *parts]:
-            current = f"{current}/{part}" if part else current
-            if not current or self._exists(sftp, current):
-                continue
+        """Create `folder` and any missing parent (the repository's own folder on ``init``)."""
+        missing: list[str] = []
+        current = folder
+        while current and not self._exists(sftp, current):
+            missing.append(current)
+            current = current.rpartition("/")[0]
+        for path in reversed(missing):
             try:
-                sftp.mkdir(current)
+                sftp.mkdir(path)
             except OSError:
-                if not self._exists(sftp, current):  # another writer may have made it first
+                if not self._exists(sftp, path):  # another writer may have made it first
                     raise
 
     def _remove_quietly(self, sftp: paramiko.SFTPClient, temp: str, cause: BaseException) -> None:

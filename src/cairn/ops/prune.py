@@ -181,14 +181,7 @@ class _Prune:
                     "run 'cairn repair index', then prune again"
                 )
             reach = Reachability(self.repo, table)
-            ids = list_ids(self.repo, "snapshots/")
-            for done, snapshot_id in enumerate(ids, 1):
-                try:
-                    snap = self.repo.load_snapshot(snapshot_id)
-                except ObjectMissing:
-                    continue  # forgotten meanwhile
-                reach.walk(snap)
-                self.progress("snapshots", done, len(ids))
+            self.walk_all(reach)
             self.result.snapshots = len(reach.walked)
             if not reach.missing:
                 return table, stored, reach
@@ -197,6 +190,22 @@ class _Prune:
                     f"{len(reach.missing)} blobs that snapshots need are in no pack (first: "
                     f"{next(iter(reach.missing)).hex()[:12]}): run 'cairn check', then 'cairn repair snapshots'"
                 )
+
+    def walk_all(self, reach: Reachability) -> None:
+        """Walk every snapshot not walked yet. One that vanished since the listing was
+        forgotten, or replaced (`tag` writes the new object before deleting the old): list
+        again until a listing holds no unwalked snapshot that vanished."""
+        while True:
+            ids = [i for i in list_ids(self.repo, "snapshots/") if i not in reach.walked]
+            vanished = False
+            for done, snapshot_id in enumerate(ids, 1):
+                try:
+                    reach.walk(self.repo.load_snapshot(snapshot_id))
+                except ObjectMissing:
+                    vanished = True
+                self.progress("snapshots", done, len(ids))
+            if not vanished:
+                return
 
     def reindex(
         self, table: IndexTable, stored: dict[bytes, int], missing: set[bytes], headers: dict[bytes, list[PackEntry] | None]
@@ -258,12 +267,7 @@ class _Prune:
         """
         before = reach.state.copy()
         missing_before = set(reach.missing)
-        for snapshot_id in list_ids(self.repo, "snapshots/"):
-            if snapshot_id not in reach.walked:
-                try:
-                    reach.walk(self.repo.load_snapshot(snapshot_id))
-                except ObjectMissing:
-                    continue
+        self.walk_all(reach)
         newly = np.nonzero(reach.state != before)[0]
         removed = np.array([table.pack_numbers[p] for p in pending.packs if p in table.pack_numbers], dtype=np.uint32)
         if len(newly) and np.isin(table.pack[newly], removed).any():

@@ -22,6 +22,7 @@ from cairn.repo import snapshot as snapshot_mod
 from cairn.repo.blob import open_blob, seal_blob
 from cairn.repo.crypto import BlobHasher, MasterKey, Sealer
 from cairn.repo.index import BlobIndex, IndexEntry
+from cairn.repo.relied import ReliedPacks
 from cairn.repo.pack import PackBuilder, PackEntry, object_name, parse_header, header_tail_size
 from cairn.repo.snapshot import Snapshot
 from cairn.storage.base import Backend
@@ -52,6 +53,8 @@ class Repository:
         self._in_flight: set[bytes] = set()
         self._unsaved: list[tuple[bytes, list[PackEntry]]] = []
         self.locks = lock_mod.LockManager(self.store_object, self.load_object, backend)
+        self.relied = ReliedPacks()
+        """Packs this writer uses, kept indexed before its snapshot (docs/FORMAT.md §12)."""
         self._lock_fresh_ns: int | None = None
         """When the lock this process holds was last written, or None without a lock."""
 
@@ -189,6 +192,7 @@ class Repository:
             packs, supersedes = index_mod.decode_index(plaintext, f"index {index_id[:8]}")
             contents[bytes.fromhex(index_id)] = packs
             superseded.update(supersedes)
+            self.relied.note_index(bytes.fromhex(index_id), (p for p, _ in packs), supersedes)
         for index_id, packs in contents.items():
             if index_id not in superseded:
                 for pack_id, records in packs:
@@ -202,7 +206,13 @@ class Repository:
     def has_blob(self, blob_id: bytes) -> bool:
         self.load_index()
         with self._mutex:
-            return blob_id in self._in_flight or blob_id in self.index
+            if blob_id in self._in_flight:
+                return True
+            entry = self.index.lookup(blob_id)
+            if entry is None:
+                return False
+            self.relied.rely(entry.pack_id)
+            return True
 
     def save_blob(self, blob_type: int, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, bool]:
         """Store a blob unless the repository has it; returns (id, whether it was new).
@@ -227,6 +237,7 @@ class Repository:
         return blob_id, True
 
     def _upload(self, builder: PackBuilder) -> None:
+        self.relied.rely(builder.pack_id)
         self.backend.store(object_name(builder.pack_id), builder.finish(self.sealer))
         with self._mutex:
             for entry in builder.entries:
@@ -241,8 +252,13 @@ class Repository:
         with self._mutex:
             unsaved, self._unsaved = self._unsaved, []
         if unsaved:
-            self._check_lock_fresh()
-            self.store_object("index", index_mod.new_index_id().hex(), index_mod.encode_index(unsaved))
+            self._store_index(unsaved)
+
+    def _store_index(self, packs: list[tuple[bytes, list[PackEntry]]]) -> None:
+        self._check_lock_fresh()
+        index_id = index_mod.new_index_id()
+        self.store_object("index", index_id.hex(), index_mod.encode_index(packs))
+        self.relied.note_index(index_id, (p for p, _ in packs))
 
     def flush(self) -> None:
         """Upload the partial pack and write the index: call before saving a snapshot."""
@@ -261,6 +277,7 @@ class Repository:
 
     def load_blob(self, blob_id: bytes) -> bytes:
         entry = self.lookup(blob_id)
+        self.relied.rely(entry.pack_id)  # a parent's tree, whose id a new snapshot may reuse
         sealed = self.backend.load(object_name(entry.pack_id), entry.offset, entry.length)
         try:
             return open_blob(self.sealer, self.hasher, entry.blob_type, blob_id, sealed)
@@ -283,6 +300,8 @@ class Repository:
 
     def save_snapshot(self, snap: Snapshot) -> bytes:
         self._check_lock_fresh()
+        if self._index_loaded:
+            self.relied.keep_indexed(self.backend, self.load_object, self.read_pack_header, self._store_index)
         snap.id = os.urandom(32)
         self.store_object("snapshots", snap.id.hex(), snapshot_mod.encode(snap))
         return snap.id
@@ -358,6 +377,7 @@ class Repository:
             if self._index_loaded and not len(self._builder) and not self._unsaved and not self._in_flight:
                 self.index = index_mod.BlobIndex()
                 self._index_loaded = False
+                self.relied = ReliedPacks()
 
     def _check_lock_fresh(self) -> None:
         """Refuse to publish index objects or snapshots once our lock may look stale to others.

@@ -30,6 +30,7 @@ import pytest
 
 BIN = Path(sys.executable).parent
 ACCESS_KEY, SECRET_KEY = "cairntest", "cairnsecret"
+READER_KEY = "cairnreader"  # may read and list, never write
 
 
 def missing(what: str) -> None:
@@ -159,8 +160,12 @@ class SeaweedFS:
         self.endpoint = f"http://127.0.0.1:{self.s3_port}"
         self.ports = ports
         (base / "data").mkdir()
-        identities = {"identities": [{"name": "cairn", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                                      "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+        identities = {"identities": [
+            {"name": "cairn", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+             "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+            {"name": "reader", "credentials": [{"accessKey": READER_KEY, "secretKey": SECRET_KEY}],
+             "actions": ["Read", "List"]},
+        ]}
         (base / "s3.json").write_text(json.dumps(identities))
 
     def start(self) -> None:

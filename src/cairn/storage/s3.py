@@ -53,7 +53,8 @@ _FULL = {"QuotaExceeded", "XMinioStorageFull", "InsufficientStorage", "StorageFu
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
               "TooManyRequests", "ServiceUnavailable", "InternalError", "RequestTimeTooSkewed", "OperationAborted"}
 _NETWORK = (bce.EndpointConnectionError, bce.ConnectionClosedError, bce.ConnectTimeoutError, bce.ReadTimeoutError,
-            bce.IncompleteReadError, bce.ResponseStreamingError, bce.ProxyConnectionError, bce.HTTPClientError)
+            bce.IncompleteReadError, bce.ResponseStreamingError, bce.ProxyConnectionError, bce.HTTPClientError,
+            ConnectionError, TimeoutError)
 
 
 @functools.cache

@@ -61,24 +61,26 @@ def is_zero(data: bytes | bytearray, start: int = 0, end: int | None = None) -> 
     return True
 
 
-def write_sparse(fd: int, data: bytes, offset: int) -> int:
-    """Write `data` at `offset`, skipping 64 KiB-aligned blocks of zeros; returns bytes written."""
-    written = 0
+def write_sparse(fd: int, data: bytes, offset: int) -> tuple[int, int]:
+    """Write `data` at `offset`, skipping 64 KiB-aligned blocks of zeros; returns (bytes written,
+    the file offset just after the last byte written, or `offset` when none was)."""
+    written, end_written = 0, offset
     end = len(data)
     pos = 0
     run_start: int | None = None
-    while pos < end:
+    while pos <= end:
         block_end = min(end, (offset + pos) // BLOCK * BLOCK + BLOCK - offset)
-        zero = is_zero(data, pos, block_end)
+        zero = pos == end or is_zero(data, pos, block_end)
         if zero and run_start is not None:
             written += _pwrite_all(fd, memoryview(data)[run_start:pos], offset + run_start)
+            end_written = offset + pos
             run_start = None
         elif not zero and run_start is None:
             run_start = pos
+        if pos == end:
+            break
         pos = block_end
-    if run_start is not None:
-        written += _pwrite_all(fd, memoryview(data)[run_start:end], offset + run_start)
-    return written
+    return written, end_written
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> int:
@@ -126,7 +128,7 @@ def write_content(
 ) -> tuple[int, list[int]]:
     """Write the file's blobs into the empty file `fd`; returns (bytes written to disk, the
     length of each blob), the lengths for a verification that follows."""
-    offset = written = 0
+    offset = written = written_to = 0
     lengths = []
     for blob_id, data in blobs(repo, node.content, zeros, loader):
         if isinstance(data, int):
@@ -135,15 +137,18 @@ def write_content(
             length = len(data)
             if not sparse:
                 written += _pwrite_all(fd, memoryview(data), offset)
+                written_to = offset + length
             elif is_zero(data):
                 zeros.add(blob_id, length)
             else:
-                written += write_sparse(fd, data, offset)
+                count, written_to = write_sparse(fd, data, offset)
+                written += count
         lengths.append(length)
         offset += length
     if offset != node.size:
         raise DamagedObject(f"the snapshot says {node.size} bytes, its content has {offset}")
-    os.ftruncate(fd, offset)  # the trailing hole, if the file ends in zeros
+    if written_to < offset:  # the file ends in a hole: give it its size
+        os.ftruncate(fd, offset)
     return written, lengths
 
 

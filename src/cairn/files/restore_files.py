@@ -57,40 +57,50 @@ class FileWriter:
         Returns whether the file is, or will be, in the target, and the writer's job if one was
         started; the folder's metadata must wait for that job.
         """
-        st = lstat_at(parent, node.name)
-        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
-        if action == Action.BLOCKED:
-            self.tally.note("skipped", rel, "a folder in the target is in the way (add --delete to replace it)")
-            return False, None
-        if action == Action.LEAVE:
-            self.tally.file_done(node.size, None)
-            return True, None
-        fd = -1
-        if action == Action.CHECK:
-            try:
-                fd = os.open(node.name, _CHECK_FLAGS, dir_fd=parent)
-            except PermissionError:  # not readable by us: it is replaced below
-                pass
-            except OSError as exc:
-                self.tally.note("skipped", rel, f"file not restored: {exc.strerror or exc}")
-                return False, None
-        try:
-            if fd < 0:
-                st = lstat_at(parent, node.name)
-                if st is not None:
-                    remove(parent, node.name, st)
-                fd = os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+        check = False
+        try:  # the usual case, a name not taken yet, costs one system call
+            fd = os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+        except FileExistsError:
+            opened = self.existing(parent, node, rel)
+            if isinstance(opened, bool):
+                return opened, None
+            fd, check = opened
         except OSError as exc:
             self.tally.note("skipped", rel, f"file not restored: {exc.strerror or exc}")
             return False, None
         self.slots.acquire()
         try:
-            job = self.writers.submit(self.job, parent, fd, node, rel, action == Action.CHECK)
+            job = self.writers.submit(self.job, parent, fd, node, rel, check)
         except BaseException:
             self.slots.release()
             os.close(fd)
             raise
         return True, job
+
+    def existing(self, parent: int, node: Node, rel: bytes) -> tuple[int, bool] | bool:
+        """The name is taken: (descriptor, whether to compare before writing) for a file to
+        write, True when what is there stays (--overwrite), False when it cannot be restored."""
+        st = lstat_at(parent, node.name)
+        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
+        if action == Action.BLOCKED:
+            self.tally.note("skipped", rel, "a folder in the target is in the way (add --delete to replace it)")
+            return False
+        if action == Action.LEAVE:
+            self.tally.file_done(node.size, None)
+            return True
+        try:
+            if action == Action.CHECK:
+                try:
+                    return os.open(node.name, _CHECK_FLAGS, dir_fd=parent), True
+                except PermissionError:  # not readable by us: replaced below
+                    pass
+            st = lstat_at(parent, node.name)
+            if st is not None:
+                remove(parent, node.name, st)
+            return os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent), False
+        except OSError as exc:
+            self.tally.note("skipped", rel, f"file not restored: {exc.strerror or exc}")
+            return False
 
     def replace(self, parent: int, fd: int, node: Node) -> int:
         """Close the existing file `fd` and put a new, empty one in its place."""

@@ -27,19 +27,24 @@ class OtherEntries:
 
     def special(self, parent: int, node: Node, rel: bytes) -> bool:
         """A symlink, FIFO or device node; False when it was not restored."""
-        st = lstat_at(parent, node.name)
-        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
-        if action == Action.BLOCKED:
-            self.tally.note("skipped", rel, IN_THE_WAY)
-            return False
-        if action == Action.LEAVE:
-            self.tally.count("unchanged")
-            return True
+        kept = False
         try:
-            if action != Action.KEEP:
-                if st is not None:
-                    remove(parent, node.name, st)
+            try:  # the usual case first: the name is free
                 make_special(parent, node.name, node)
+            except FileExistsError:
+                st = lstat_at(parent, node.name)
+                action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
+                if action == Action.BLOCKED:
+                    self.tally.note("skipped", rel, IN_THE_WAY)
+                    return False
+                if action == Action.LEAVE:
+                    self.tally.count("unchanged")
+                    return True
+                kept = action == Action.KEEP
+                if not kept:
+                    if st is not None:
+                        remove(parent, node.name, st)
+                    make_special(parent, node.name, node)
         except PermissionError as exc:
             if node.type in (CHARDEV, BLOCKDEV):
                 self.tally.note("warnings", rel, "device node not created: only root can create device nodes")
@@ -51,7 +56,7 @@ class OtherEntries:
             return False
         for warning in metadata.apply(parent, node.name, node, owner=self.owner):
             self.tally.note("warnings", rel, warning)
-        self.tally.count("unchanged" if action == Action.KEEP else "specials")
+        self.tally.count("unchanged" if kept else "specials")
         return True
 
     def link(self, top: int, parent: int, node: Node, rel: bytes, first: bytes, job: Future[None] | None) -> None:

@@ -213,11 +213,19 @@ class Restorer:
     def open_one(self, frame: _Frame, parent: int, create: bool) -> bool:
         node = frame.node
         assert node is not None
-        st = lstat_at(parent, node.name)
-        if st is None and not create:
-            return False
-        action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
         try:
+            if create:  # mkdir first: in a new folder the name is never taken
+                try:
+                    os.mkdir(node.name, 0o700, dir_fd=parent)
+                    frame.fd = os.open(node.name, DIR_FLAGS, dir_fd=parent)
+                    self.tally.count("dirs")
+                    return True
+                except FileExistsError:
+                    pass
+            st = lstat_at(parent, node.name)
+            if st is None and not create:
+                return False
+            action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
             if action in (Action.CREATE, Action.REPLACE):
                 if st is not None:
                     remove(parent, node.name, st)

@@ -120,16 +120,25 @@ def test_gpt_disk_with_efi_root_swap_and_free_space(tmp_path: Path) -> None:
         check(restored, tree, tmp_path)
 
 
-@needs("sfdisk", "mkfs.vfat", "mcopy", "fsck.vfat", "mkfs.ext4", "e2fsck", "debugfs", "mkntfs", "ntfscp", "ntfsfix", "ntfscat")
-def test_mbr_disk_with_logical_ext4_and_ntfs(tmp_path: Path) -> None:
+def mbr_disk(tmp_path: Path) -> tuple[Path, dict[int, dict[str, int]], Path, dict[int, Path]]:
+    """The MBR disk: (disk file, partitions by number, the tree put into each filesystem,
+    the volume files by partition number)."""
     tree = source_tree(tmp_path / "tree")
     disk = tmp_path / "mbr.img"
     parts = {int(p["node"].rsplit("img", 1)[1]): p for p in sfdisk(disk, 200 * MiB, MBR_SCRIPT)}
     fat = make_fat(tmp_path / "fat.img", 16, 32 * 1024, tree)
     ext = mkfs_ext4(tmp_path / "ext.img", 64 * MiB, tree, "-b", "4096")
     ntfs = make_ntfs(tmp_path / "ntfs.img", 64 * MiB, tree)
-    for number, volume in ((1, fat), (5, ext), (6, ntfs)):
+    volumes = {1: fat, 5: ext, 6: ntfs}
+    for number, volume in volumes.items():
         put(disk, parts[number]["start"] * 512, volume)
+    return disk, parts, tree, volumes
+
+
+@needs("sfdisk", "mkfs.vfat", "mcopy", "fsck.vfat", "mkfs.ext4", "e2fsck", "debugfs", "mkntfs", "ntfscp", "ntfsfix", "ntfscat")
+def test_mbr_disk_with_logical_ext4_and_ntfs(tmp_path: Path) -> None:
+    disk, parts, tree, volumes = mbr_disk(tmp_path)
+    fat, ext, ntfs = volumes[1], volumes[5], volumes[6]
     repo = new_repo()
     result = image_of(repo, disk)
     assert {p.number: p.fs for p in result.partitions} == {1: "fat16", 5: "ext4", 6: "ntfs"}

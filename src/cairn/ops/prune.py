@@ -153,9 +153,9 @@ class _Prune:
         _checkpoint("pending")
         for pending_id in self.unreadable_pendings:
             mnt.delete_quietly(self.repo, f"pending/{pending_id.hex()}")
+        keep = self.recheck(table, reach, applied.new_index_ids, pending)
         holding = mnt.blocking_locks(self.repo, barrier)
-        keep = None if holding else self.settled(table, reach, applied.new_index_ids, pending)
-        if keep is None:
+        if keep is None or holding:
             waiting.append(pending)
             self.result.waiting_for = [lock.describe() for lock in holding]
         else:
@@ -183,13 +183,26 @@ class _Prune:
             reach = Reachability(self.repo, table)
             self.walk_all(reach)
             self.result.snapshots = len(reach.walked)
-            if not reach.missing:
+            if not reach.missing - self.indexed_since(table):  # a backup that ended meanwhile
                 return table, stored, reach
             if self.options.dry_run or not self.reindex(table, stored, reach.missing, headers):
                 raise DamagedObject(
                     f"{len(reach.missing)} blobs that snapshots need are in no pack (first: "
                     f"{next(iter(reach.missing)).hex()[:12]}): run 'cairn check', then 'cairn repair snapshots'"
                 )
+
+    def indexed_since(self, table: IndexTable, ours: list[bytes] | None = None) -> set[bytes]:
+        """Blobs of the index objects written since `table` was loaded (by writers that ran
+        meanwhile; their packs are newer than the pack listing, so none is a candidate)."""
+        known = set(table.live) | set(table.superseded) | set(ours or ())
+        fresh_ids = [i for i in list_ids(self.repo, "index/") if i not in known]
+        self.fresh_packs: set[bytes] = set()
+        blobs: set[bytes] = set()
+        for _, packs, _ in read_index_objects(self.repo, fresh_ids):
+            for pack_id, records in packs:
+                self.fresh_packs.add(pack_id)
+                blobs.update(e.blob_id for e in iter_records(records))
+        return blobs
 
     def walk_all(self, reach: Reachability) -> None:
         """Walk every snapshot not walked yet. One that vanished since the listing was
@@ -258,31 +271,38 @@ class _Prune:
         mnt.delete_quietly(self.repo, f"pending/{pending.id.hex()}")
         _checkpoint("deleted")
 
-    def settled(self, table: IndexTable, reach: Reachability, ours: list[bytes], pending: mnt.Pending) -> set[bytes] | None:
-        """Whether what `pending` removes may go now that its barrier is empty (step 7).
-
-        Walks the snapshots saved since the survey and reads the index objects written since
-        the load. None when a new snapshot needs a removed blob (the next prune indexes that
-        pack again); else the packs the new index objects name, which must stay.
-        """
+    def recheck(self, table: IndexTable, reach: Reachability, ours: list[bytes], pending: mnt.Pending) -> set[bytes] | None:
+        """After the new index landed (step 7): walk the snapshots saved since the survey; a
+        removed pack one of them needs is indexed again at once (its writer deduplicated
+        against it before the new index existed). Then read the index objects written since
+        the load: their packs stay. Returns every pack to keep, or None when a new snapshot
+        needs a blob found nowhere (then nothing is deleted now; the next prune looks again)."""
         before = reach.state.copy()
         missing_before = set(reach.missing)
         self.walk_all(reach)
-        newly = np.nonzero(reach.state != before)[0]
-        removed = np.array([table.pack_numbers[p] for p in pending.packs if p in table.pack_numbers], dtype=np.uint32)
-        if len(newly) and np.isin(table.pack[newly], removed).any():
-            return None
-        known = set(table.live) | set(table.superseded) | set(ours)
-        fresh_ids = [i for i in list_ids(self.repo, "index/") if i not in known]
-        fresh_packs: set[bytes] = set()
-        fresh_blobs: set[bytes] = set()
-        for _, packs, _ in read_index_objects(self.repo, fresh_ids):
-            for pack_id, records in packs:
-                fresh_packs.add(pack_id)
-                fresh_blobs.update(e.blob_id for e in iter_records(records))
+        fresh_blobs = self.indexed_since(table, ours)
+        keep = set(self.fresh_packs)
         if not (reach.missing - missing_before) <= fresh_blobs:
             return None
-        return fresh_packs
+        newly = np.nonzero(reach.state != before)[0]
+        removed = np.zeros(len(table.pack_ids), dtype=bool)
+        removed[[table.pack_numbers[p] for p in pending.packs if p in table.pack_numbers]] = True
+        needed = {
+            table.pack_ids[int(table.pack[row])] for row in newly
+            if removed[table.pack[row]] and table.blob_id(int(row)) not in fresh_blobs
+        }
+        if needed:
+            stored = stored_packs(self.repo)
+            records = []
+            for pack_id in sorted(needed):
+                entries = self.repo.read_pack_header(pack_id, stored[pack_id])
+                records.append((pack_id, b"".join(
+                    RECORD.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries
+                )))
+            mnt.write_index(self.repo, records)
+            self.result.reindexed_packs += len(needed)
+            keep |= needed
+        return keep
 
     def describe(self, table: IndexTable, stored: dict[bytes, int], reach: Reachability, usage: Usage) -> None:
         r = self.result

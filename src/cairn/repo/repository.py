@@ -300,11 +300,17 @@ class Repository:
 
     def save_snapshot(self, snap: Snapshot) -> bytes:
         self._check_lock_fresh()
-        if self._index_loaded:
-            self.relied.keep_indexed(self.backend, self.load_object, self.read_pack_header, self._store_index)
+        self._keep_relied_indexed()
         snap.id = os.urandom(32)
         self.store_object("snapshots", snap.id.hex(), snapshot_mod.encode(snap))
+        # Once more after: a prune committing between the check and the store does not see
+        # this snapshot in its own re-check only if it committed after it, which this sees.
+        self._keep_relied_indexed()
         return snap.id
+
+    def _keep_relied_indexed(self) -> None:
+        if self._index_loaded:
+            self.relied.keep_indexed(self.backend, self.load_object, self.read_pack_header, self._store_index)
 
     def load_snapshot(self, snapshot_id: bytes) -> Snapshot:
         return snapshot_mod.decode(self.load_object("snapshots", snapshot_id.hex()), snapshot_id)

@@ -8,6 +8,7 @@ must be exactly as it was: same names, bytes, modes, owners and times.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,30 @@ def test_symlinks_and_hard_links_in_the_target_are_replaced_never_followed(
             assert not (target / "folder").is_symlink() and (target / "folder" / "victim").read_bytes() == b"owned"
             assert (target / "hardlinked").stat().st_nlink == 1
     assert (outside / "victim").stat().st_nlink == 2  # only the link --overwrite never left alone
+
+
+def test_a_path_longer_than_path_max_is_restored_through_descriptors(repo: Repository, tmp_path: Path) -> None:
+    """1,500 folders of 3-byte names: 6,000 bytes of path, beyond PATH_MAX (4096), which no
+    path-string restore could create."""
+    depth = 1500
+    tree, _ = repo.save_blob(BlobType.TREE, encode_tree([Node(b"end", "file", mode=0o600, size=2, content=[
+        repo.save_blob(BlobType.DATA, b"ok")[0]])]))
+    for _ in range(depth):
+        tree, _ = repo.save_blob(BlobType.TREE, encode_tree([Node(b"abc", "dir", mode=0o755, mtime=T0, subtree=tree)]))
+    repo.flush()
+    snap = repo.save_snapshot(Snapshot(kind="files", root=tree, paths=[b"/x"], host="h", user="u")).hex()
+    done = restore(repo, RestoreOptions(snap, str(tmp_path / "out")))
+    assert (done.dirs, done.files, done.errors, done.skipped) == (depth, 1, [], [])
+    fd = os.open(tmp_path / "out", os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            assert os.stat(b"abc", dir_fd=fd).st_mtime_ns == T0
+            child = os.open(b"abc", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        end = os.open(b"end", os.O_RDONLY, dir_fd=fd)
+        assert os.read(end, 10) == b"ok"
+        os.close(end)
+    finally:
+        os.close(fd)
+    shutil.rmtree(tmp_path / "out")  # fd-based: the path is too long for anything else

@@ -124,7 +124,11 @@ class Sshd:
         # Its own process group: the per-connection children live there too, so `stop` ends them.
         self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.base / "sshd_config"), "-E", str(log)],
                                         start_new_session=True)
-        wait_for_port(self.port, self.process, log)
+        try:
+            wait_for_port(self.port, self.process, log)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop the server and every session it serves, as a machine going down would."""
@@ -185,8 +189,12 @@ class SeaweedFS:
             # Each bucket is a collection that grows 7 volumes at once by default: one is plenty here.
             env={**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"},
         )
-        wait_for_port(self.s3_port, self.process, log, timeout=60)
-        self._wait_ready(log)
+        try:
+            wait_for_port(self.s3_port, self.process, log, timeout=60)
+            self._wait_ready(log)
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_ready(self, log: Path) -> None:
         """The S3 port opens before the filer behind it answers: poll until a bucket lists."""
@@ -194,7 +202,8 @@ class SeaweedFS:
         deadline = time.monotonic() + 60
         while True:
             try:
-                client.create_bucket(Bucket="ready")
+                if not any(b["Name"] == "ready" for b in client.list_buckets().get("Buckets", [])):
+                    client.create_bucket(Bucket="ready")
                 client.list_objects_v2(Bucket="ready")
                 return
             except Exception:
@@ -203,8 +212,13 @@ class SeaweedFS:
                 time.sleep(0.2)
 
     def stop(self) -> None:
+        """SIGINT, then SIGKILL for the whole group: SeaweedFS ignores SIGTERM and often SIGINT."""
         if self.process is not None:
-            stop_process(self.process, signal.SIGINT, grace=3)
+            stop_process(self.process, signal.SIGINT, grace=0.5)
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.process = None
 
 

@@ -38,6 +38,7 @@ MAX_CHANNELS = 8
 OP_TIMEOUT = 60.0
 WRITE_SLICE = 1024 * 1024
 RENAME_TRIES = 5
+READ_AHEAD = 64  # requests in flight per read: 2 MiB
 _SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -284,7 +285,11 @@ class SftpBackend:
                     end = check_range(name, offset, length, handle.stat().st_size)
                     if end == offset:
                         return b""
-                    data = b"".join(handle.readv([(offset, end - offset)]))
+                    # One read() of many MiB is quadratic in paramiko (it grows a bytes object
+                    # chunk by chunk): ask for request-sized pieces, pipelined, and join once.
+                    step = handle.MAX_REQUEST_SIZE
+                    pieces = [(start, min(step, end - start)) for start in range(offset, end, step)]
+                    data = b"".join(handle.readv(pieces, max_concurrent_prefetch_requests=READ_AHEAD))
             except Exception as exc:
                 raise self._error(sftp, exc, name, "read") from exc
         if len(data) != end - offset:

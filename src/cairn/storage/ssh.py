@@ -20,6 +20,7 @@ import base64
 import getpass
 import hashlib
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from cairn.errors import StorageAccessDenied, StorageError
 from cairn.storage.location import SftpLocation
 
 DEFAULT_TIMEOUT = 15.0
+# What paramiko says when the connection broke during the handshake (worth another try), as
+# opposed to a disagreement (no common cipher, a bad key file) that trying again cannot fix.
+_DROPPED = re.compile(r"banner|EOF|reset|closed|timed? ?out|connection|socket", re.IGNORECASE)
 KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
@@ -67,9 +71,10 @@ class SshTarget:
 
     @property
     def known_hosts_name(self) -> str:
-        """The name known_hosts files use for this host: ``host`` or ``[host]:port``."""
-        name = self.host_key_alias or self.hostname
-        return name if self.port == 22 else f"[{name}]:{self.port}"
+        """The name known_hosts files use: ``host``, ``[host]:port``, or a HostKeyAlias as is."""
+        if self.host_key_alias:
+            return self.host_key_alias
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
 
 def resolve_target(location: SftpLocation, config_path: str = "~/.ssh/config") -> SshTarget:
@@ -122,11 +127,11 @@ def connect(target: SshTarget) -> paramiko.Transport:
             except (OSError, paramiko.SSHException) as exc:
                 raise StorageError(f"cannot read the known hosts file {path}: {exc}") from exc
     client.set_missing_host_key_policy(_RefuseUnknown())
-    keys = [f for f in target.identity_files if os.path.isfile(f)]
+    keys = [f for f in target.identity_files if _usable_key(f)]
     try:
-        client.connect(
+        client.connect(  # the name and port only pick the known_hosts entry: `sock` is dialled
             target.host_key_alias or target.hostname,
-            port=target.port,
+            port=22 if target.host_key_alias else target.port,
             username=target.user,
             key_filename=keys or None,
             allow_agent=not target.identities_only,
@@ -146,6 +151,19 @@ def connect(target: SshTarget) -> paramiko.Transport:
     assert transport is not None
     transport.set_keepalive(30)
     return transport
+
+
+def _usable_key(path: str) -> bool:
+    """Whether an identity file holds a private key we can use without asking for a passphrase.
+
+    Like ``ssh``, skip the others (a public key named by mistake, an encrypted key: the agent may
+    hold it) instead of failing, so the remaining ways to log in are still tried.
+    """
+    try:
+        paramiko.PKey.from_path(path)
+        return True
+    except (OSError, paramiko.SSHException, ValueError):
+        return False
 
 
 def _open_socket(target: SshTarget) -> socket.socket:
@@ -175,7 +193,7 @@ def connect_error(target: SshTarget, exc: BaseException) -> StorageError:
             f"has {fingerprint(exc.expected_key)}; someone may be intercepting the connection. If the server "
             f"was reinstalled, remove the old key with \"ssh-keygen -R '{target.known_hosts_name}'\""
         )
-    if isinstance(exc, paramiko.AuthenticationException):
+    if isinstance(exc, paramiko.AuthenticationException) or "authentication methods" in str(exc):
         tried = ", ".join(target.identity_files) or "~/.ssh/id_*"
         agent = "" if target.identities_only else "the ssh-agent's keys and "
         return StorageAccessDenied(
@@ -186,10 +204,10 @@ def connect_error(target: SshTarget, exc: BaseException) -> StorageError:
         return _transient(f"timed out connecting to the SSH server {where}")
     if isinstance(exc, ConnectionRefusedError):
         return _transient(f"cannot connect to the SSH server {where}: connection refused")
-    if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, (EOFError, OSError)) or (isinstance(exc, paramiko.SSHException) and _DROPPED.search(reason)):
         return _transient(f"cannot connect to the SSH server {where}: {reason}")
-    return StorageError(f"cannot connect to the SSH server {where}: {exc}")
+    return StorageError(f"cannot connect to the SSH server {where}: {reason}")
 
 
 Connector = Callable[[], paramiko.Transport]

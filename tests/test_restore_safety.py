@@ -8,7 +8,7 @@ must be exactly as it was: same names, bytes, modes, owners and times.
 from __future__ import annotations
 
 import os
-import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -148,4 +148,4 @@ def test_a_path_longer_than_path_max_is_restored_through_descriptors(repo: Repos
         os.close(end)
     finally:
         os.close(fd)
-    shutil.rmtree(tmp_path / "out")  # fd-based: the path is too long for anything else
+    subprocess.run(["rm", "-rf", tmp_path / "out"], check=True)  # too deep for shutil.rmtree's recursion

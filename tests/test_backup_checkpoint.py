@@ -139,10 +139,10 @@ def test_checkpoints_in_process_cover_open_folders(tmp_path: Path, big_tree: Pat
             raise Stop
 
     with pytest.raises(Stop):
-        backup(repo, BackupOptions([str(big_tree)], host="h", checkpoint_interval=1e-9, checkpoint_dir=tmp_path / "c"),
+        backup(repo, BackupOptions([str(big_tree)], host="h", checkpoint_interval=1e-9, cache_dir=tmp_path / "c"),
                progress)
     assert seen
-    result = backup(repo, BackupOptions([str(big_tree)], host="h", checkpoint_dir=tmp_path / "c"))
+    result = backup(repo, BackupOptions([str(big_tree)], host="h", cache_dir=tmp_path / "c"))
     assert result.resumed and result.files_unchanged >= 30 and result.files == 96
     assert result.bytes_read == (96 - result.files_unchanged) * 2 * MiB
     assert store.load() is None

@@ -166,3 +166,72 @@ def test_hard_links_are_read_once(repo: Repository, source: Path) -> None:
     snap = repo.find_snapshot("latest")
     one, two = node_at(repo, snap.root, source / "big"), node_at(repo, snap.root, source / "d0" / "big-link")
     assert one.content == two.content and one.links == two.links and one.links is not None
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache folder of its own, outside the backed-up folders' parents (writing it would
+    change them)."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
+def count_index_checks(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    asked: list[bytes] = []
+    real = repo.has_blob
+
+    def has_blob(blob_id: bytes) -> bool:
+        asked.append(blob_id)
+        return real(blob_id)
+
+    monkeypatch.setattr(repo, "has_blob", has_blob)
+    return asked
+
+
+def test_a_verified_parent_skips_the_check_per_blob(repo: Repository, source: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    run(repo, source)
+    asked = count_index_checks(repo, monkeypatch)
+    again = run(repo, source)
+    assert again.bytes_read == 0 and asked == []  # the record says every blob is still indexed
+    # a record that cannot be trusted (here: gone) means one check per reused blob again
+    for record in (Path(os.environ["XDG_CACHE_HOME"]) / "cairn").rglob("verified/*"):
+        record.unlink()
+    third = run(repo, source)
+    assert third.bytes_read == 0 and len(asked) == sum(len(c) for c in _contents(repo, source))
+
+
+def _contents(repo: Repository, source: Path) -> list[list[bytes]]:
+    snap = repo.find_snapshot("latest")
+    found, stack = [], [node_at(repo, snap.root, source).subtree]
+    while stack:
+        for node in load_tree(repo, stack.pop()):
+            if node.type == "dir":
+                stack.append(node.subtree)
+            elif node.type == "file":
+                found.append(node.content)
+    return found
+
+
+def test_an_index_rewritten_without_a_pack_is_noticed(repo: Repository, source: Path) -> None:
+    """`repair index` or prune writes an index object superseding the others: the record no
+    longer vouches for the parent, each blob is checked, the lost ones are read again."""
+    from cairn.repo import index as index_mod
+    from cairn.repo.pack import PackEntry
+
+    run(repo, source)
+    old_ids = [bytes.fromhex(o.name.rsplit("/", 1)[-1]) for o in repo.backend.list("index/")]
+    packs: dict[bytes, list[PackEntry]] = {}
+    for entry in repo.index:
+        packs.setdefault(entry.pack_id, []).append(
+            PackEntry(entry.blob_type, entry.blob_id, entry.offset, entry.length, entry.raw_length))
+    lost = next(p for p, entries in packs.items() if any(e.blob_type == 0 and e.raw_length > 100_000 for e in entries))
+    kept = [(p, e) for p, e in packs.items() if p != lost]
+    repo.store_object("index", os.urandom(32).hex(), index_mod.encode_index(kept, supersedes=old_ids))
+    fresh = Repository.open(repo.backend, b"pw")
+    again = backup(fresh, BackupOptions([str(source)], host="h"))
+    lost_bytes = sum(e.raw_length for e in packs[lost] if e.blob_type == 0)
+    assert again.bytes_read >= lost_bytes > 0
+    for content in _contents(fresh, source):
+        assert all(fresh.has_blob(b) for b in content)

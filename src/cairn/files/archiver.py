@@ -47,8 +47,10 @@ from cairn.files.tree import DIR, FILE, Node, encode_tree
 from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
 
-# Folders finished but waiting for file content; beyond this the walk waits for the oldest.
-MAX_WAITING_FOLDERS = 4096
+# Entries of folders finished but waiting for file content; beyond this the walk waits for the
+# oldest folder. It bounds memory when a big file holds up the queue while the other reader
+# keeps going (at ~1 KB per entry), and is large enough for that reader to stay busy meanwhile.
+MAX_WAITING_ENTRIES = 8192
 # Hard-linked files read in this run, remembered so a second link shares the first read.
 MAX_LINKS_REMEMBERED = 100_000
 
@@ -163,6 +165,7 @@ class _Archiver:
         self.result = ArchiveResult()
         self.pipeline = Pipeline(repo, options.dry_run)
         self.waiting: deque[_Folder] = deque()
+        self.waiting_entries = 0
         self.stack: list[_Folder] = []
         self.links: dict[tuple[int, int], tuple[Pending, os.stat_result]] = {}
         self.devices: set[int] = set()
@@ -205,6 +208,7 @@ class _Archiver:
         finally:
             for folder in self.stack:
                 os.close(folder.fd)
+            self.parents.close()
             self.pipeline.close(abort=not ok)
         r = self.result
         r.bytes_read, r.bytes_added, r.blobs_new = self.pipeline.bytes_read, self.pipeline.bytes_added, self.pipeline.blobs_new
@@ -268,7 +272,7 @@ class _Archiver:
         self.status.bytes_done += st.st_size
         self.result.bytes_total += st.st_size
         content = filescache.unchanged_content(entry, st)
-        if content is not None and all(self.repo.has_blob(blob_id) for blob_id in content):
+        if content is not None and (self.parents.indexed or all(self.repo.has_blob(b) for b in content)):
             item.content = content
             item.same = self.parents.shortcut and filescache.same_entry(entry, st, FILE)
             self.result.files_unchanged += 1
@@ -358,7 +362,8 @@ class _Archiver:
         finally:
             os.close(folder.fd)
         self.waiting.append(folder)
-        self.drain(MAX_WAITING_FOLDERS)
+        self.waiting_entries += len(folder.items)
+        self.drain(MAX_WAITING_ENTRIES)
 
     def capture(self, folder: _Folder, item: _Item) -> None:
         if item.node is not None or item.dropped:
@@ -373,12 +378,13 @@ class _Archiver:
 
     def drain(self, keep: int = 0) -> None:
         """Store the trees of waiting folders whose files are all read, oldest first; wait for
-        the readers while more than `keep` folders are still waiting."""
+        the readers while the waiting folders hold more than `keep` entries."""
         while self.waiting:
             folder = self.waiting[0]
-            if len(self.waiting) <= keep and any(i.pending is not None and not i.pending.done() for i in folder.items):
+            if self.waiting_entries <= keep and any(i.pending is not None and not i.pending.done() for i in folder.items):
                 return
             self.waiting.popleft()
+            self.waiting_entries -= len(folder.items)
             tree_id = self.store_tree(folder)
             if folder.plan is None:
                 if folder.parent is None:
@@ -411,9 +417,8 @@ class _Archiver:
                 self.result.files_changed += 1
             if result.warning is not None:
                 self.result.warnings.append((os.fsdecode(join(folder.path, item.name)), result.warning))
-            assert result.st is not None
             node.content, node.size = result.content, result.size
-            node.mtime, node.ctime = result.st.st_mtime_ns, result.st.st_ctime_ns
+            node.mtime, node.ctime = result.mtime, result.ctime
         elif item.content is not None:
             node.content = item.content
         if item.kind == DIR:

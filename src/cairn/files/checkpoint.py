@@ -48,9 +48,9 @@ class Checkpoint:
 class CheckpointStore:
     """The checkpoint of one (repository, host, paths) backup."""
 
-    def __init__(self, repository_id: bytes, host: str, paths: list[bytes], root: Path | None = None) -> None:
+    def __init__(self, repository_id: bytes, host: str, paths: list[bytes], root: Path | str | None = None) -> None:
         key = hashlib.sha256(repr((host, sorted(paths))).encode()).hexdigest()[:32]
-        self.path = (root or cache_root()) / repository_id.hex() / "checkpoints" / key
+        self.path = Path(root or cache_root()) / repository_id.hex() / "checkpoints" / key
 
     def load(self) -> Checkpoint | None:
         """The recorded checkpoint, or None (also when the file is unreadable: it is only a hint)."""

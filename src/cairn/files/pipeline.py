@@ -2,9 +2,10 @@
 
 Shape::
 
-    walker (caller's thread)  --batches of small files, single big files-->  readers (2)
-    readers: read, check the file did not change, store a small file's one chunk themselves,
-             cut a big file into chunks and hand each one to                 savers (cpu count)
+    walker (caller's thread)  --batches of small files-->  small-file readers (2)
+                              --one big file at a time-->  big-file reader (1)
+    small-file readers: read, check the file did not change, store its one chunk themselves
+    big-file reader: read, cut into chunks and hand each one to              savers (cpu count)
     savers:  hash, dedup, compress, encrypt, verify, pack   (Repository.save_blob; a full pack
              is written by the saver that filled it while the others go on sealing)
 
@@ -15,7 +16,9 @@ most files are small (48,000 of the 48,600 files of /usr are under 256 KiB).
 
 Memory is bounded whatever the file sizes: at most IN_FLIGHT_TASKS batches or big files are
 queued (each batch holds at most BATCH_BYTES), and at most IN_FLIGHT_CHUNKS chunks (each at
-most the chunker's maximum size, 4 MiB by default) wait for or sit in a saver.
+most the chunker's maximum size, 4 MiB by default) wait for or sit in a saver. Big files have
+one reader of their own because the chunker allocates a buffer of twice the maximum chunk size
+(8 MiB) per reader; one reader already cuts chunks far faster than the savers store them.
 
 A file that changes while it is read (its size, mtime or ctime differ between the fstat before
 and the one after reading) is read once more from the start; if it changes again it is skipped
@@ -40,7 +43,7 @@ from cairn.repo.repository import Repository
 READERS = 2
 SAVERS = max(2, min(4, os.cpu_count() or 2))
 IN_FLIGHT_TASKS = 3 * READERS
-IN_FLIGHT_CHUNKS = 2 * SAVERS
+IN_FLIGHT_CHUNKS = SAVERS + 1
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
 _READ_STEP = 1 << 16
@@ -54,8 +57,9 @@ class Aborted(Exception):
 class ReadResult:
     content: list[bytes] = field(default_factory=list)
     size: int = 0
-    st: os.stat_result | None = None
-    """The fstat taken before the read that was kept: its times and size describe the content."""
+    mtime: int = 0
+    ctime: int = 0
+    """Times from the fstat before the read that was kept: they describe the content."""
     error: str | None = None
     """Why the file is not in the snapshot (it is then listed as skipped)."""
     warning: str | None = None
@@ -117,6 +121,7 @@ class Pipeline:
         self.params = repo.config.chunker
         self.small = self.params.min_size
         self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="cairn-read")
+        self._big = ThreadPoolExecutor(1, thread_name_prefix="cairn-read-big")
         self._savers = ThreadPoolExecutor(SAVERS, thread_name_prefix="cairn-save")
         self._tasks = threading.BoundedSemaphore(IN_FLIGHT_TASKS)
         self._chunks = threading.BoundedSemaphore(IN_FLIGHT_CHUNKS)
@@ -143,19 +148,19 @@ class Pipeline:
             return pending
         single = _Batch()
         single.files.append((fd, st))
-        self._submit(single)
+        self._submit(single, self._big)
         return Pending(single, 0)
 
     def submit(self) -> None:
         """Hand the batch of small files collected so far to a reader."""
         if self._batch.files:
             batch, self._batch = self._batch, _Batch()
-            self._submit(batch)
+            self._submit(batch, self._readers)
 
-    def _submit(self, batch: _Batch) -> None:
+    def _submit(self, batch: _Batch, pool: ThreadPoolExecutor) -> None:
         self._tasks.acquire()
         try:
-            batch.future = self._readers.submit(self._run, batch)
+            batch.future = pool.submit(self._run, batch)
         except BaseException:
             self._tasks.release()
             raise
@@ -189,6 +194,7 @@ class Pipeline:
                 os.close(fd)
             self._batch = _Batch()
         self._readers.shutdown(wait=True, cancel_futures=abort)
+        self._big.shutdown(wait=True, cancel_futures=abort)
         self._savers.shutdown(wait=True, cancel_futures=abort)
 
     # -- reader threads -------------------------------------------------------------------
@@ -212,23 +218,30 @@ class Pipeline:
             self._tasks.release()
 
     def _read_file(self, fd: int, st: os.stat_result) -> ReadResult:
-        """Read one file, twice at most (see the module docstring)."""
+        """Read one file, twice at most (see the module docstring).
+
+        The first read compares against the walker's lstat instead of an fstat of its own (one
+        system call less per file): the file opened must then also be the same inode, so one
+        swapped in between (even a FIFO) is caught by the fstat after and read again properly.
+        """
         warning = None
+        before = st
         for attempt in (1, 2):
             try:
-                before = os.fstat(fd)
-                if not stat.S_ISREG(before.st_mode):
-                    return ReadResult(error="changed into something other than a file during the backup")
+                if attempt == 2:
+                    before = os.fstat(fd)
+                    if not stat.S_ISREG(before.st_mode):
+                        return ReadResult(error="changed into something other than a file during the backup")
                 content, size = self._content(fd, before.st_size)
                 after = os.fstat(fd)
             except _ReadError as exc:
                 return ReadResult(error=exc.reason)
             except OSError as exc:
                 return ReadResult(error=reason(exc))
-            if (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
-                after.st_size, after.st_mtime_ns, after.st_ctime_ns
-            ):
-                return ReadResult(content, size, before, warning=warning)
+            if (before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+                after.st_ino, after.st_dev, after.st_size, after.st_mtime_ns, after.st_ctime_ns
+            ) and stat.S_ISREG(after.st_mode):
+                return ReadResult(content, size, before.st_mtime_ns, before.st_ctime_ns, warning=warning)
             if attempt == 1:
                 warning = "changed while it was read; read again"
                 try:
@@ -254,7 +267,12 @@ class Pipeline:
             raise OSError(exc.reason) from None
 
     def _read_head(self, fd: int, size_hint: int) -> bytes:
-        """Up to `small` + 1 bytes: a small file in one read of its size (and one at EOF)."""
+        """Up to `small` + 1 bytes: a small file in one read of its size plus one byte.
+
+        A short read of a regular file at or past its size is its end (POSIX), so no second
+        read is needed to see EOF; a file with no size (/proc, /sys) is read until EOF, since
+        those return a page at a time.
+        """
         limit = self.small + 1
         want = min(size_hint + 1, limit)
         parts = []
@@ -268,8 +286,10 @@ class Pipeline:
                 break
             parts.append(block)
             total += len(block)
-            self._count(len(block))
+            if len(block) < want and size_hint and total >= size_hint:
+                break
             want = min(limit - total, _READ_STEP)
+        self._count(total)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _chunked(self, rest: RawReader, head: bytes) -> tuple[list[bytes], int]:

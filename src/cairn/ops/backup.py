@@ -20,12 +20,13 @@ from typing import Any
 
 from cairn.errors import UsageError
 from cairn.files.archiver import ArchiveOptions, ArchiveResult, BackupStatus, archive
-from cairn.files.checkpoint import Checkpoint, CheckpointStore
+from cairn.files.checkpoint import Checkpoint, CheckpointStore, cache_root
 from cairn.files.chunker import RawReader
 from cairn.files.excludes import ExcludeOptions, Excluder
 from cairn.files.filescache import ParentTrees
 from cairn.files.scanner import start_prescan
 from cairn.files.stream import archive_stream, stream_path
+from cairn.files.verified import VerifiedSnapshots
 from cairn.repo import identity
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
@@ -55,8 +56,9 @@ class BackupOptions:
     stdin: RawReader | None = None
     stdin_command: list[str] | None = None
     checkpoint_interval: float = 300.0
-    checkpoint_dir: Path | None = None
-    """Where checkpoint pointers live (default: the user's cache folder)."""
+    cache_dir: Path | str | None = None
+    """Where checkpoint pointers and verified-snapshot records live (default: the user's cache
+    folder, $XDG_CACHE_HOME/cairn)."""
     scan_totals: bool = False
     """Count files and bytes first, in parallel, so progress can show an ETA."""
     stop: threading.Event | None = None
@@ -150,7 +152,9 @@ def backup(
                 raise UsageError(f"snapshot {parent.short_id} is a {parent.kind} snapshot, not a files snapshot")
         elif not options.force and options.stdin_filename is None:
             parent = find_parent(repo, host, paths, time_ns)
-        store = CheckpointStore(repo.config.id, host, paths, options.checkpoint_dir)
+        cache = Path(options.cache_dir) if options.cache_dir is not None else cache_root()
+        store = CheckpointStore(repo.config.id, host, paths, cache)
+        verified = VerifiedSnapshots(repo, cache)
         resumed = None if options.force or options.stdin_filename is not None else store.load()
         if options.stdin_filename is not None:
             source: RawReader | list[str] | None = options.stdin_command or options.stdin
@@ -158,7 +162,8 @@ def backup(
                 raise UsageError("--stdin needs a stream to read")
             result = archive_stream(repo, source, options.stdin_filename, time_ns, options.dry_run)
         else:
-            result = _archive_files(repo, options, paths, excluder, parent, resumed, store, progress)
+            indexed = parent is not None and resumed is None and verified.still_indexed(parent.id)
+            result = _archive_files(repo, options, paths, excluder, parent, resumed, indexed, store, progress)
         duration = time.monotonic() - start
         snapshot_id = None
         if not options.dry_run:
@@ -171,6 +176,7 @@ def backup(
             )
             snapshot_id = repo.save_snapshot(snapshot)
             store.clear()
+            verified.record(snapshot_id, previous=parent.id if parent is not None else None)
     return BackupResult(
         snapshot_id=snapshot_id, parent_id=parent.id if parent is not None else None,
         files=result.files, dirs=result.dirs, bytes_read=result.bytes_read, bytes_added=result.bytes_added,
@@ -183,7 +189,8 @@ def backup(
 
 def _archive_files(
     repo: Repository, options: BackupOptions, paths: list[bytes], excluder: Excluder, parent: Snapshot | None,
-    resumed: Checkpoint | None, store: CheckpointStore, progress: Callable[[BackupStatus], None] | None,
+    resumed: Checkpoint | None, indexed: bool, store: CheckpointStore,
+    progress: Callable[[BackupStatus], None] | None,
 ) -> ArchiveResult:
     roots, programs = [], []
     if resumed is not None:
@@ -192,7 +199,7 @@ def _archive_files(
     if parent is not None:
         roots.append(parent.root)
         programs.append(parent.program)
-    parents = ParentTrees(repo, roots, shortcut=all(p == program() for p in programs))
+    parents = ParentTrees(repo, roots, shortcut=all(p == program() for p in programs), indexed=indexed)
 
     def on_checkpoint(tree: bytes) -> None:
         store.save(Checkpoint(tree, program(), time.time_ns()))

@@ -19,7 +19,7 @@ from cairn import __version__
 from cairn.cli import image_cmds
 from cairn.cli import backup_cmd, cat_cmd, check_cmd, init_cmd, key_cmd, restore_cmd, snapshots_cmd, unlock_cmd
 from cairn.cli import diff_cmd, dump_cmd, find_cmd, ls_cmd
-from cairn.cli import forget_cmd, prune_cmd, repair_cmd, stats_cmd, tag_cmd
+from cairn.cli import copy_cmd, forget_cmd, prune_cmd, repair_cmd, stats_cmd, tag_cmd
 from cairn.cli.context import State, global_options
 from cairn.errors import CairnError, Interrupted
 
@@ -71,7 +71,7 @@ for module in (init_cmd, backup_cmd, restore_cmd, snapshots_cmd, check_cmd, key_
     cli.add_command(module.command)
 for module in (ls_cmd, find_cmd, diff_cmd, dump_cmd):  # browsing: ls, find, diff, dump
     cli.add_command(module.command)
-for module in (forget_cmd, prune_cmd, tag_cmd, stats_cmd, repair_cmd):  # snapshot lifecycle
+for module in (forget_cmd, prune_cmd, tag_cmd, stats_cmd, copy_cmd, repair_cmd):  # snapshot lifecycle
     cli.add_command(module.command)
 cli.add_command(image_cmds.image_command)
 cli.add_command(image_cmds.image_restore_command)

@@ -134,6 +134,13 @@ def test_a_path_longer_than_path_max_is_restored_through_descriptors(repo: Repos
         tree, _ = repo.save_blob(BlobType.TREE, encode_tree([Node(b"abc", "dir", mode=0o755, mtime=T0, subtree=tree)]))
     repo.flush()
     snap = repo.save_snapshot(Snapshot(kind="files", root=tree, paths=[b"/x"], host="h", user="u")).hex()
+    try:
+        check_deep_restore(repo, snap, tmp_path, depth)
+    finally:  # pytest's own cleanup recurses per level and would fail on this tree
+        subprocess.run(["rm", "-rf", tmp_path / "out"], check=True)
+
+
+def check_deep_restore(repo: Repository, snap: str, tmp_path: Path, depth: int) -> None:
     done = restore(repo, RestoreOptions(snap, str(tmp_path / "out")))
     assert (done.dirs, done.files, done.errors, done.skipped) == (depth, 1, [], [])
     fd = os.open(tmp_path / "out", os.O_RDONLY)
@@ -148,4 +155,18 @@ def test_a_path_longer_than_path_max_is_restored_through_descriptors(repo: Repos
         os.close(end)
     finally:
         os.close(fd)
-    subprocess.run(["rm", "-rf", tmp_path / "out"], check=True)  # too deep for shutil.rmtree's recursion
+    # --delete removes a stray tree as deep, and no symlink inside it leads it astray
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"")
+    fd = os.open(tmp_path / "out", os.O_RDONLY)
+    for _ in range(depth):
+        os.mkdir(b"zzz", dir_fd=fd)
+        child = os.open(b"zzz", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.symlink(outside, b"link", dir_fd=fd)
+    os.close(fd)
+    done = restore(repo, RestoreOptions(snap, str(tmp_path / "out"), delete=True))
+    assert done.deleted == 1 and sorted(os.listdir(tmp_path / "out")) == ["abc"]
+    assert os.listdir(outside) == ["keep"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable, Iterator
-import shutil
 import stat
 
 from cairn.files.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
@@ -89,11 +88,34 @@ def decide(parent: int, name: bytes, st: os.stat_result | None, node: Node, mode
 
 
 def remove(parent: int, name: bytes, st: os.stat_result) -> None:
-    """Remove an entry of the target; a folder with all it holds, never following a symlink."""
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(os.fsdecode(name), dir_fd=parent)
-    else:
+    """Remove an entry of the target; a folder with all it holds, never following a symlink.
+
+    Folders are emptied through descriptors opened with O_NOFOLLOW, one level at a time with
+    an explicit stack: no path is resolved twice, and no depth is too deep (shutil.rmtree
+    recurses, and a snapshot restores deeper than Python's recursion limit)."""
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent)
+        return
+    top = os.open(name, DIR_FLAGS, dir_fd=parent)
+    stack = [(parent, name, top, iter(list_names(top)))]
+    try:
+        while stack:
+            up, folder, fd, names = stack[-1]
+            child = next(names, None)
+            if child is None:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(folder, dir_fd=up)
+                continue
+            sub = lstat_at(fd, child)
+            if sub is not None and stat.S_ISDIR(sub.st_mode):
+                inner = os.open(child, DIR_FLAGS, dir_fd=fd)
+                stack.append((fd, child, inner, iter(list_names(inner))))
+            elif sub is not None:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        for _, _, fd, _ in stack:
+            os.close(fd)
 
 
 def make_special(parent: int, name: bytes, node: Node) -> None:

@@ -77,6 +77,20 @@ def stop_process(process: subprocess.Popen[bytes], first: int = signal.SIGTERM, 
             process.wait(10)
 
 
+def children(parent: int) -> list[int]:
+    """The pids whose parent is `parent` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry))
+    return found
+
+
 class Sshd:
     """An OpenSSH server for one test session; `stop`/`start` keep its port and keys."""
 
@@ -103,15 +117,21 @@ class Sshd:
             "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\n"
             f"UsePAM no\nPidFile {base}/sshd.pid\nSubsystem sftp internal-sftp\nMaxStartups 50\n"
         )
-        (ssh / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {' '.join(self.host_public)}\n")
+        # The same key under the alias cairn-sshd, for connections through a proxy's port.
+        (ssh / "known_hosts").write_text(
+            f"[127.0.0.1]:{self.port} {' '.join(self.host_public)}\ncairn-sshd {' '.join(self.host_public)}\n"
+        )
         self.write_config()
 
-    def write_config(self, identity: Path | None = None, extra: str = "") -> None:
-        """The alias ``cairn-test`` in the private HOME's ~/.ssh/config."""
-        (self.home / ".ssh" / "config").write_text(
-            f"Host cairn-test\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n"
-            f"  IdentityFile {identity or self.client_key}\n{extra}"
-        )
+    def write_config(self, identity: Path | None = None, proxy_port: int | None = None) -> None:
+        """The alias ``cairn-test`` in the private HOME's ~/.ssh/config, and ``cairn-proxy``
+        for a proxy in front of the server (HostKeyAlias: the proxy's port has no known_hosts entry)."""
+        text = (f"Host cairn-test\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n"
+                f"  IdentityFile {identity or self.client_key}\n")
+        if proxy_port:
+            text += (f"Host cairn-proxy\n  HostName 127.0.0.1\n  Port {proxy_port}\n  User {self.user}\n"
+                     f"  IdentityFile {self.client_key}\n  HostKeyAlias cairn-sshd\n")
+        (self.home / ".ssh" / "config").write_text(text)
 
     @property
     def env(self) -> dict[str, str]:
@@ -121,9 +141,7 @@ class Sshd:
     def start(self) -> None:
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation needs it
         log = self.base / "sshd.log"
-        # Its own process group: the per-connection children live there too, so `stop` ends them.
-        self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.base / "sshd_config"), "-E", str(log)],
-                                        start_new_session=True)
+        self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.base / "sshd_config"), "-E", str(log)])
         try:
             wait_for_port(self.port, self.process, log)
         except BaseException:
@@ -133,11 +151,13 @@ class Sshd:
     def stop(self) -> None:
         """Stop the server and every session it serves, as a machine going down would."""
         if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            sessions = children(self.process.pid)  # each in its own session (setsid): kill them by pid
             stop_process(self.process)
+            for pid in sessions:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.process = None
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import logging
 import os
 import re
 import socket
@@ -31,6 +32,9 @@ from cairn.errors import StorageAccessDenied, StorageError
 from cairn.storage.location import SftpLocation
 
 DEFAULT_TIMEOUT = 15.0
+# paramiko logs a failed handshake with its traceback at ERROR level; without a handler, Python
+# would print that on stderr next to our one-line message. --debug still shows it (root handler).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 # What paramiko says when the connection broke during the handshake (worth another try), as
 # opposed to a disagreement (no common cipher, a bad key file) that trying again cannot fix.
 _DROPPED = re.compile(r"banner|EOF|reset|closed|timed? ?out|connection|socket", re.IGNORECASE)
@@ -204,7 +208,9 @@ def connect_error(target: SshTarget, exc: BaseException) -> StorageError:
         return _transient(f"timed out connecting to the SSH server {where}")
     if isinstance(exc, ConnectionRefusedError):
         return _transient(f"cannot connect to the SSH server {where}: connection refused")
-    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    reason = getattr(exc, "strerror", None) or str(exc)
+    if not reason:
+        reason = "the connection closed during the handshake" if isinstance(exc, EOFError) else type(exc).__name__
     if isinstance(exc, (EOFError, OSError)) or (isinstance(exc, paramiko.SSHException) and _DROPPED.search(reason)):
         return _transient(f"cannot connect to the SSH server {where}: {reason}")
     return StorageError(f"cannot connect to the SSH server {where}: {reason}")

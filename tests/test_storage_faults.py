@@ -41,11 +41,6 @@ def restores_bit_exact(remote: Remote, source: Path, target: Path, snapshot: str
     assert digest_tree(restored(target, source)) == digest_tree(source)
 
 
-@pytest.fixture
-def proxied_sshd(sshd: Sshd) -> Sshd:
-    return sshd
-
-
 def test_sftp_server_stops_mid_backup_fails_cleanly_and_the_next_backup_succeeds(sshd: Sshd, tmp_path: Path) -> None:
     proxy = TcpProxy(sshd.port, rate=8e6)  # slow enough to stop the server between two packs
     sshd.write_config(proxy_port=proxy.port)

@@ -6,13 +6,12 @@ to ``.tmp-<random>`` beside its target and is renamed over it with OpenSSH's ato
 connection or a killed process leaves an invisible temporary, never a prefix. Servers without
 the extensions get a plain rename (and `BackendProperties.atomic_replace` False).
 
-Threads share one SSH connection; each call borrows one of its SFTP channels (OpenSSH allows 10
-per connection, we open at most `MAX_CHANNELS`). A channel that failed is discarded; when the
-connection itself is gone the next call reconnects, so the retry wrapper above can simply call
-again. What a dropped or hung connection raises is marked transient; SFTP status answers are
-not: "no such file" is `ObjectMissing`, "permission denied" is `StorageReadOnly` on writes and
-`StorageAccessDenied` on reads, and a plain "failure" on a write is `StorageFull` when the
-server's ``statvfs@openssh.com`` shows the space is gone (SFTP has no status for a full disk).
+Threads share one SSH connection through `cairn.storage.sftp_pool`, which reconnects after a
+drop, so the retry wrapper above can simply call again. What a dropped or hung connection raises
+is marked transient; SFTP status answers are not: "no such file" is `ObjectMissing`, "permission
+denied" is `StorageReadOnly` on writes and `StorageAccessDenied` on reads, and a plain "failure"
+on a write is `StorageFull` when the server's ``statvfs@openssh.com`` shows the space is gone
+(SFTP has no status for a full disk).
 """
 
 from __future__ import annotations
@@ -21,29 +20,22 @@ import errno
 import re
 import secrets
 import stat as statmod
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import paramiko
 from paramiko.sftp import CMD_EXTENDED
 
 from cairn.errors import ObjectMissing, StorageAccessDenied, StorageError, StorageFull, StorageReadOnly
 from cairn.storage.base import NAME_RE, BackendProperties, ObjectInfo, check_name, check_range, check_size, describe
+from cairn.storage.sftp_pool import ChannelPool, connection_gone
 from cairn.storage.ssh import Connector
 
 TEMP_PREFIX = ".tmp-"
-MAX_CHANNELS = 8
-OP_TIMEOUT = 60.0
 WRITE_SLICE = 1024 * 1024
 RENAME_TRIES = 5
 READ_AHEAD = 64  # requests in flight per read: 2 MiB
 _SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
-class _Broken(Exception):
-    """The connection under a channel is gone (distinct from an SFTP status answer)."""
 
 
 class SftpBackend:
@@ -52,80 +44,20 @@ class SftpBackend:
     def __init__(
         self, connector: Connector, root: str, location: str, endpoint: str, *, create: bool = False, connections: int = 4
     ) -> None:
-        self._connect = connector
         self._root = root  # as given, for messages
         self._base = root.rstrip("/")  # "" is the server's "/": every path is f"{base}/{name}"
         self._endpoint = endpoint
         self._create = create
         self._properties = BackendProperties(location=location, connections=connections)
-        self._lock = threading.Condition()
-        self._transport: paramiko.Transport | None = None
-        self._idle: list[paramiko.SFTPClient] = []
-        self._open_channels = 0
+        self._pool = ChannelPool(connector, endpoint, location)
+        self._channel = self._pool.channel
+        self._lost = self._pool.lost
         self._fsync = True
         self._posix_rename = True
-        self._closed = False
 
     @property
     def properties(self) -> BackendProperties:
         return self._properties
-
-    # -- channels ---------------------------------------------------------------------------
-
-    def _take(self) -> paramiko.SFTPClient:
-        with self._lock:
-            while not self._idle and self._open_channels >= MAX_CHANNELS:
-                self._lock.wait()
-            if self._closed:
-                raise StorageError(f"{self._properties.location} is closed")
-            if self._idle:
-                return self._idle.pop()
-            self._open_channels += 1
-        try:
-            return self._new_channel()
-        except BaseException:
-            with self._lock:
-                self._open_channels -= 1
-                self._lock.notify()
-            raise
-
-    def _new_channel(self) -> paramiko.SFTPClient:
-        with self._lock:
-            transport = self._transport
-            if transport is None or not transport.is_active():
-                transport = self._transport = self._connect()
-        try:
-            sftp = paramiko.SFTPClient.from_transport(transport)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise self._lost(exc, "open a channel to") from exc
-        assert sftp is not None
-        sftp.get_channel().settimeout(OP_TIMEOUT)
-        return sftp
-
-    @contextmanager
-    def _channel(self) -> Iterator[paramiko.SFTPClient]:
-        sftp = self._take()
-        healthy = False
-        try:
-            yield sftp
-            healthy = True
-        except StorageError as exc:
-            # A status answer (missing, denied) leaves the channel usable; a lost connection not.
-            healthy = not exc.transient
-            raise
-        finally:
-            with self._lock:
-                if healthy and not self._closed:
-                    self._idle.append(sftp)
-                else:
-                    self._open_channels -= 1
-                    sftp.close()
-                self._lock.notify()
-
-    def _lost(self, exc: BaseException, action: str) -> StorageError:
-        error = StorageError(f"lost the connection to {self._endpoint} while trying to {action}: {describe(exc)}")
-        error.transient = True
-        return error
 
     # -- translating failures ---------------------------------------------------------------
 
@@ -137,7 +69,7 @@ class SftpBackend:
         if isinstance(exc, StorageError):
             return exc
         where = self._properties.location
-        if not isinstance(exc, OSError) or _connection_gone(sftp, exc):
+        if not isinstance(exc, OSError) or connection_gone(sftp, exc):
             return self._lost(exc, f"{action} {name}")
         writing = action in ("write", "delete")
         if exc.errno == errno.ENOENT and action in ("read", "delete"):
@@ -205,7 +137,7 @@ class SftpBackend:
                 try:
                     sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle.handle)
                 except OSError as exc:
-                    if _connection_gone(sftp, exc):
+                    if connection_gone(sftp, exc):
                         raise
                     self._fsync = False  # the server lacks the extension: its close is all we get
         # paramiko also ignores a failed close; the size tells whether every byte landed.
@@ -230,7 +162,7 @@ class SftpBackend:
                 sftp.posix_rename(temp, path)
                 return True
             except OSError as exc:
-                if _connection_gone(sftp, exc):
+                if connection_gone(sftp, exc):
                     raise
                 if "unsupported" in str(exc).lower():
                     self._posix_rename = False
@@ -260,7 +192,7 @@ class SftpBackend:
                     raise
 
     def _remove_quietly(self, sftp: paramiko.SFTPClient, temp: str, cause: BaseException) -> None:
-        if isinstance(cause, OSError) and _connection_gone(sftp, cause):
+        if isinstance(cause, OSError) and connection_gone(sftp, cause):
             return  # nothing reaches the server now; the temporary stays invisible to `list`
         try:
             sftp.remove(temp)
@@ -339,20 +271,4 @@ class SftpBackend:
         return found
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            transport, self._transport = self._transport, None
-            self._lock.notify_all()
-        for sftp in idle:
-            sftp.close()
-        if transport is not None:
-            transport.close()
-
-
-def _connection_gone(sftp: paramiko.SFTPClient, exc: BaseException) -> bool:
-    """Whether `exc` came from the connection rather than from an SFTP status answer."""
-    if isinstance(exc, (EOFError, paramiko.SSHException, TimeoutError, ConnectionError)):
-        return True
-    channel = sftp.get_channel()
-    return channel is None or channel.closed or not channel.get_transport().is_active()
+        self._pool.close()

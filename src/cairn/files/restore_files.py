@@ -1,15 +1,15 @@
-"""Regular files of a restore: decided and created by the walking thread, filled by a pool.
+"""Regular files of a restore, each restored whole by one thread of a writer pool.
 
-The walker calls `start` for each file: it looks at what the target has (restore_entries.decide),
-creates the new file (O_EXCL, O_NOFOLLOW: never an existing one, never through a symlink) or
-opens the existing one to compare, and hands the descriptor to a writer thread. Creating in the
-walker keeps every change of a folder's entries in one thread, before the folder's own metadata
-is set. The writer compares, writes (sparse), verifies and applies the file's metadata through
-the descriptor, so it never needs the file's name again, except to replace an existing file
-found different (in its parent, whose metadata waits for the writer).
+The walker hands each file to `start`; a writer thread then creates it in its (open) parent
+folder with O_EXCL|O_NOFOLLOW, or, when the name is taken, decides what to do with what is
+there (restore_entries.decide): compare it with the snapshot, replace it, or leave it. It
+writes the content (sparse), verifies it, and applies the file's metadata through the
+descriptor. Creating in the writers, not in the walker, overlaps the filesystem's latency for
+many small files (a create costs tens of microseconds, far more on a busy disk); the folder's
+own metadata waits for all its files' jobs (restorer), so their creation still precedes it.
 
-At most IN_FLIGHT files are open at once: `start` blocks when the writers are behind, so
-memory stays near WORKERS * (PREFETCH + 1) * max chunk size.
+At most IN_FLIGHT files are queued or being written: `start` blocks when the writers are
+behind, so memory stays near WORKERS * (PREFETCH + 1) * max chunk size whatever the sizes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from cairn.files.restore_state import RestoreSettings, Tally
 from cairn.files.tree import Node
 from cairn.repo.repository import Repository
 
-WORKERS = max(2, min(8, os.cpu_count() or 2))
+WORKERS = 8  # writing is mostly waiting on the filesystem: more threads than cores pay off
+LOADERS = max(2, min(8, os.cpu_count() or 2))  # decrypting and decompressing: one per core
 IN_FLIGHT = 2 * WORKERS
 _CHECK_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -36,7 +37,7 @@ class FileWriter:
         self.repo, self.settings, self.tally, self.owner = repo, settings, tally, owner
         self.zeros = content.ZeroBlobs()
         self.writers = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-restore")
-        self.loaders = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-load")
+        self.loaders = ThreadPoolExecutor(LOADERS, thread_name_prefix="cairn-load")
         self.slots = threading.BoundedSemaphore(IN_FLIGHT)
         self.crash: BaseException | None = None
         """An exception a writer did not expect (a bug, an interrupt): the walker re-raises it."""
@@ -51,31 +52,26 @@ class FileWriter:
         self.writers.shutdown(wait=True, cancel_futures=True)
         self.loaders.shutdown(wait=True, cancel_futures=True)
 
-    def start(self, parent: int, node: Node, rel: bytes) -> tuple[bool, Future[None] | None]:
-        """Begin restoring the file `node` in the folder `parent` (walker thread only).
-
-        Returns whether the file is, or will be, in the target, and the writer's job if one was
-        started; the folder's metadata must wait for that job.
-        """
-        check = False
-        try:  # the usual case, a name not taken yet, costs one system call
-            fd = os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
-        except FileExistsError:
-            opened = self.existing(parent, node, rel)
-            if isinstance(opened, bool):
-                return opened, None
-            fd, check = opened
-        except OSError as exc:
-            self.tally.note("skipped", rel, f"file not restored: {exc.strerror or exc}")
-            return False, None
+    def start(self, parent: int, node: Node, rel: bytes) -> Future[bool]:
+        """Queue the file `node` of the folder `parent` (walker thread only); the job's result
+        says whether the file is in the target when it ends. `parent` must stay open until then."""
         self.slots.acquire()
         try:
-            job = self.writers.submit(self.job, parent, fd, node, rel, check)
+            return self.writers.submit(self.job, parent, node, rel)
         except BaseException:
             self.slots.release()
-            os.close(fd)
             raise
-        return True, job
+
+    def create(self, parent: int, node: Node, rel: bytes) -> tuple[int, bool] | bool:
+        """(descriptor, whether it is an existing file to compare first) of the file to write;
+        True when what is there stays as it is, False when the file cannot be restored."""
+        try:  # the usual case, a name not taken yet, costs one system call
+            return os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent), False
+        except FileExistsError:
+            return self.existing(parent, node, rel)
+        except OSError as exc:
+            self.tally.note("skipped", rel, f"file not restored: {exc.strerror or exc}")
+            return False
 
     def existing(self, parent: int, node: Node, rel: bytes) -> tuple[int, bool] | bool:
         """The name is taken: (descriptor, whether to compare before writing) for a file to
@@ -108,16 +104,22 @@ class FileWriter:
         os.unlink(node.name, dir_fd=parent)
         return os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
 
-    def job(self, parent: int, fd: int, node: Node, rel: bytes, check: bool) -> None:
-        """In a writer thread: keep an equal existing file, or write the content; then metadata."""
+    def job(self, parent: int, node: Node, rel: bytes) -> bool:
+        """In a writer thread: create, or keep an equal existing file, or replace it; write the
+        content; set the metadata. True when the file ends up in the target (even if damaged)."""
+        fd = -1
         try:
+            opened = self.create(parent, node, rel)
+            if isinstance(opened, bool):
+                return opened
+            fd, check = opened
             if check:
                 if content.is_single_file(fd):
                     lengths = content.blob_lengths(self.repo, node, self.zeros)
                     if content.first_difference(self.repo, fd, node, lengths, self.zeros) is None:
                         self.finish(parent, fd, node, rel)
                         self.tally.file_done(node.size, None)
-                        return
+                        return True
                 fd, old = -1, fd
                 fd = self.replace(parent, old, node)
             written, lengths = content.write_content(
@@ -136,6 +138,7 @@ class FileWriter:
             self.tally.damaged(rel, exc)
         except OSError as exc:
             self.tally.note("errors", rel, f"not written: {exc.strerror or exc}")
+            return fd >= 0
         except BaseException as exc:
             self.crash = self.crash or exc
             raise
@@ -143,6 +146,7 @@ class FileWriter:
             if fd >= 0:
                 os.close(fd)
             self.slots.release()
+        return True
 
     def finish(self, parent: int, fd: int, node: Node, rel: bytes) -> None:
         for warning in metadata.apply(parent, node.name, node, owner=self.owner, fd=fd):

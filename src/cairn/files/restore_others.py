@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-from concurrent.futures import Future
 
 from cairn.files import metadata
 from cairn.files.restore_entries import IF_NEWER, NEVER, Action, decide, lstat_at, make_special, open_folder, remove
@@ -59,10 +58,9 @@ class OtherEntries:
         self.tally.count("unchanged" if kept else "specials")
         return True
 
-    def link(self, top: int, parent: int, node: Node, rel: bytes, first: bytes, job: Future[None] | None) -> None:
-        """Make `node` a hard link to `first`, a name restored earlier in this run."""
-        if job is not None:
-            job.result()  # the first name may still be replaced by its writer
+    def link(self, top: int, parent: int, node: Node, rel: bytes, first: bytes) -> None:
+        """Make `node` a hard link to `first`, a name restored earlier in this run (whose
+        writer, if any, is done: it may have replaced the file)."""
         *folders, first_name = first.split(b"/")
         try:
             source = open_folder(top, folders)

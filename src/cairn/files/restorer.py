@@ -68,7 +68,7 @@ class _Frame:
     apply: bool = True
     blocked: bool = False
     strays: bool = True  # --delete may remove what the snapshot folder does not have
-    pending: list[Future[None]] = field(default_factory=list)
+    pending: list[Future[bool]] = field(default_factory=list)
     index: int = 0
 
 
@@ -94,7 +94,7 @@ class Restorer:
         self.owner = os.geteuid() == 0 if settings.owner is None else settings.owner
         self.files = FileWriter(repo, settings, self.tally, self.owner)
         self.others = OtherEntries(settings, self.tally, self.owner)
-        self.linked: dict[tuple[int, int], tuple[bytes, Future[None] | None]] = {}
+        self.linked: dict[tuple[int, int], tuple[bytes, Future[bool] | None]] = {}
         self.waiting: list[_Frame] = []  # left by the walk, files still being written
         self.top_fd = -1
 
@@ -174,17 +174,16 @@ class Restorer:
             return None
         key = node.links[:2] if node.links is not None else None
         if key is not None and key in self.linked:
-            self.others.link(self.top_fd, parent, node, rel, *self.linked[key])
-            return None
-        job: Future[None] | None = None
-        if node.type == FILE:
-            done, job = self.files.start(parent, node, rel)
-            if not done:
+            first, first_job = self.linked[key]
+            if first_job is None or first_job.result():  # else this name becomes the first
+                self.others.link(self.top_fd, parent, node, rel, first)
                 return None
-            if job is not None:
-                if len(frame.pending) >= IN_FLIGHT:  # a folder of a million files keeps few futures
-                    frame.pending = [j for j in frame.pending if not j.done()]
-                frame.pending.append(job)
+        job: Future[bool] | None = None
+        if node.type == FILE:
+            job = self.files.start(parent, node, rel)
+            if len(frame.pending) >= IN_FLIGHT:  # a folder of a million files keeps few futures
+                frame.pending = [j for j in frame.pending if not j.done()]
+            frame.pending.append(job)
         elif node.type in (SYMLINK, FIFO, CHARDEV, BLOCKDEV):
             if not self.others.special(parent, node, rel):
                 return None

@@ -9,6 +9,7 @@ backing up a small file.
 from __future__ import annotations
 
 import ctypes
+import gc
 import re
 import signal
 import sys
@@ -27,22 +28,50 @@ from cairn.errors import PartialSuccess, UsageError
 from cairn.ops import access
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*")
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+# glibc's mallopt parameter numbers (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas before the worker threads start.
+def tune_malloc() -> None:
+    """Keep RSS near what the backup holds; called before any thread starts (the key
+    derivation's included). Measured on 1.3 GB of /usr (48,600 files): peak RSS 190-210 MB
+    with glibc's defaults, 145-155 MB with these, at the same CPU time.
 
-    glibc gives threads that allocate at the same time arenas of their own (up to 8 per core),
-    and a freed chunk goes back to its arena, not to the system: with chunks of ~1 MiB passing
-    between a reader and the savers, RSS grew well past what the program held. MALLOC_ARENA_MAX
-    in the environment would come too late (glibc reads it at startup); mallopt works for the
-    arenas created after the call. Harmless where glibc is absent.
+    - M_MMAP_THRESHOLD 1 MiB: glibc raises its mmap threshold each time a big block is freed
+      (up to 32 MiB), after which 1-16 MiB chunk and pack buffers come from the heap, and the
+      heap keeps their memory when they are freed out of order (mallinfo2: 71 MiB free of 105
+      MiB at the peak). Fixed, big buffers are mapped and unmapped on their own.
+    - M_TRIM_THRESHOLD 32 MiB: fixing the first turns the trim threshold back to 128 KiB, which
+      returns and refaults the top of the heap constantly (+2 s of system time).
+    - M_ARENA_MAX 2: one arena per concurrently allocating thread multiplies the free memory.
+      MALLOC_ARENA_MAX in the environment would come too late (glibc reads it at startup);
+      mallopt applies to the arenas created after the call.
+
+    Harmless where glibc is absent.
     """
     try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_ARENA_MAX, 2)
     except (OSError, AttributeError):
         pass
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """The garbage collector during a backup: the objects from imports frozen out of its scans,
+    and a run every 20,000 allocations rather than 700 (a backup allocates millions of
+    short-lived objects and builds no cycles worth collecting often: about 5 % of CPU time).
+    Restored afterwards, so it does not outlive the command in a process that goes on."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 def parse_duration(text: str) -> float:
@@ -168,7 +197,7 @@ def command(state: State, paths: tuple[str, ...], tags: tuple[str, ...], host: s
     default repository is used, and created on first use. Exits with 3 if some files could not
     be read (the snapshot is saved without them).
     """
-    limit_malloc_arenas()
+    tune_malloc()
     from cairn.files.excludes import ExcludeOptions, parse_size, read_pattern_file  # the files layer is heavy
     from cairn.ops.backup import BackupOptions, backup, parse_time
 
@@ -202,7 +231,7 @@ def command(state: State, paths: tuple[str, ...], tags: tuple[str, ...], host: s
     if created:
         out.notice(created_default_notice(location))
     progress = _Progress()
-    with _stop_on_signals(out) as stop:
+    with fewer_collections(), _stop_on_signals(out) as stop:
         options.stop = stop
         with out.status(progress.line, progress.json):
             result = backup(repo, options, progress=progress)

@@ -150,9 +150,27 @@ def list_ids(repo: Repository, prefix: str) -> list[bytes]:
     return out
 
 
+COLUMNS = ("key", "rest", "pack", "offset", "length", "raw", "type")
+
+
+def _columns(records: bytes, number: int) -> dict[str, np.ndarray]:
+    rows = np.frombuffer(records, dtype=RECORD_DTYPE)
+    keys, rest = split_ids(rows["id"])
+    return {
+        "key": keys, "rest": rest, "pack": np.full(len(rows), number, dtype=np.uint32),
+        "offset": rows["offset"].astype(np.uint32), "length": rows["length"].astype(np.uint32),
+        "raw": rows["raw"].astype(np.uint32), "type": rows["type"].astype(np.uint8),
+    }
+
+
 def load_table(repo: Repository) -> IndexTable:
     """Read every index object; the live ones become the table. Damage raises: maintenance
-    must not act on an index it could only partly read."""
+    must not act on an index it could only partly read.
+
+    Each object's records become columns as soon as it is taken up, and its encoded bytes are
+    dropped, so the peak stays near the table's own size (columns, then one sort order and
+    one column being reordered), not the encoded index plus the table.
+    """
     loaded: dict[bytes, list[tuple[bytes, bytes]]] = {}
     superseded: set[bytes] = set()
     for index_id, packs, supersedes in read_index_objects(repo, list_ids(repo, "index/")):
@@ -162,37 +180,33 @@ def load_table(repo: Repository) -> IndexTable:
     pack_ids: list[bytes] = []
     numbers: dict[bytes, int] = {}
     live: dict[bytes, np.ndarray] = {}
-    chunks: list[np.ndarray] = []
-    pack_cols: list[np.ndarray] = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in COLUMNS}
     for index_id in list(loaded):
         packs = loaded.pop(index_id)
         if index_id in superseded:
             continue
         named = []
-        for pack_id, records in packs:
+        while packs:
+            pack_id, records = packs.pop()
             number = numbers.get(pack_id)
             if number is None:
                 number = numbers[pack_id] = len(pack_ids)
                 pack_ids.append(pack_id)
-                rows = np.frombuffer(records, dtype=RECORD_DTYPE)
-                chunks.append(rows)
-                pack_cols.append(np.full(len(rows), number, dtype=np.uint32))
+                for name, column in _columns(records, number).items():
+                    parts[name].append(column)
             named.append(number)
-        live[index_id] = np.array(named, dtype=np.uint32)
-    rows = np.concatenate(chunks) if chunks else np.zeros(0, dtype=RECORD_DTYPE)
-    del chunks  # the encoded records of the index objects are freed here
-    pack = np.concatenate(pack_cols) if pack_cols else np.zeros(0, dtype=np.uint32)
-    del pack_cols
-    keys, _ = split_ids(rows["id"])
-    order = np.argsort(keys, kind="stable")
-    rows, pack, keys = rows[order], pack[order], keys[order]
+        live[index_id] = np.array(named[::-1], dtype=np.uint32)
+    columns: dict[str, np.ndarray] = {}
+    empty = _columns(b"", 0)
+    for name in COLUMNS:
+        chunks = parts.pop(name)
+        columns[name] = np.concatenate(chunks) if chunks else empty[name]
+        del chunks
+    order = np.argsort(columns["key"], kind="stable")
+    for name in COLUMNS:
+        columns[name] = columns[name][order]  # one column at a time is reordered
     del order
-    return IndexTable(
-        pack_ids=pack_ids, pack_numbers=numbers, key=keys, rest=np.ascontiguousarray(rows["id"][:, 8:]),
-        pack=pack, offset=rows["offset"].astype(np.uint32), length=rows["length"].astype(np.uint32),
-        raw=rows["raw"].astype(np.uint32), type=rows["type"].astype(np.uint8),
-        live=live, superseded=garbage,
-    )
+    return IndexTable(pack_ids=pack_ids, pack_numbers=numbers, live=live, superseded=garbage, **columns)
 
 
 def try_load_table(repo: Repository) -> IndexTable:

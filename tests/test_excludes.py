@@ -195,3 +195,22 @@ def test_every_exclude_kind_in_one_backup(repo: Repository, tree: Path) -> None:
 def test_a_given_path_that_is_excluded_leaves_nothing_of_it(repo: Repository, tree: Path) -> None:
     backup(repo, BackupOptions([str(tree / "notes"), str(tree / "keep.txt")], excludes=ExcludeOptions(patterns=["notes"])))
     assert snapshot_paths(repo, tree) == {"keep.txt"}
+
+
+def test_the_prescan_counts_what_the_backup_will_visit(tree: Path) -> None:
+    """The totals behind the progress percentage use the same excludes as the backup."""
+    import threading
+
+    from cairn.files.scanner import Totals, prescan
+
+    excluder = Excluder(ExcludeOptions(patterns=["*.o", f"{tree}/build"], ipatterns=["*.jpg"],
+                                       if_present=[".nobackup"], caches=True, larger_than=100_000))
+    totals = Totals()
+    prescan([bytes(tree)], excluder, False, totals, threading.Event())
+    kept = ["keep.txt", "notes/a.c", "fakecache/CACHEDIR.TAG", "fakecache/blob"]
+    assert totals.done and (totals.files, totals.dirs) == (4, 4)
+    assert totals.bytes == sum((tree / k).stat().st_size for k in kept)
+    everything = Totals()
+    prescan([bytes(tree)], Excluder(ExcludeOptions()), False, everything, threading.Event())
+    files = [p for p in tree.rglob("*") if p.is_file()]
+    assert (everything.files, everything.bytes) == (len(files), sum(p.stat().st_size for p in files))

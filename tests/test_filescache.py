@@ -63,7 +63,10 @@ def test_an_unchanged_tree_is_not_read_and_keeps_its_tree_ids(repo: Repository, 
     first = run(repo, source)
     assert first.bytes_read == first.bytes_total > 3 * 1024 * KiB
     again = run(repo, source)
-    assert (again.bytes_read, again.bytes_added, again.files_unchanged, again.files) == (0, 0, 31, 31)
+    assert (again.bytes_read, again.files_unchanged, again.files) == (0, 31, 31)
+    # nothing below `source` is stored again; the folders above it may have changed meanwhile
+    # (other test runs create folders in /tmp/pytest-of-*), each a tree of a few hundred bytes
+    assert again.bytes_added < 4096
     assert (again.dirs_unchanged, again.dirs) == (7, 7)
     assert again.parent_id == first.snapshot_id
     snaps = repo.list_snapshots()
@@ -192,14 +195,16 @@ def count_index_checks(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> lis
 def test_a_verified_parent_skips_the_check_per_blob(repo: Repository, source: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     run(repo, source)
+    content = {blob_id for ids in _contents(repo, source) for blob_id in ids}
     asked = count_index_checks(repo, monkeypatch)
     again = run(repo, source)
-    assert again.bytes_read == 0 and asked == []  # the record says every blob is still indexed
+    # the record says every blob is still indexed (trees above `source` may be stored anew)
+    assert again.bytes_read == 0 and not content & set(asked)
     # a record that cannot be trusted (here: gone) means one check per reused blob again
     for record in (Path(os.environ["XDG_CACHE_HOME"]) / "cairn").rglob("verified/*"):
         record.unlink()
     third = run(repo, source)
-    assert third.bytes_read == 0 and len(asked) == sum(len(c) for c in _contents(repo, source))
+    assert third.bytes_read == 0 and content <= set(asked)
 
 
 def _contents(repo: Repository, source: Path) -> list[list[bytes]]:

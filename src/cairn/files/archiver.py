@@ -138,10 +138,10 @@ class _Item:
 
 
 class _Folder:
-    __slots__ = ("path", "fd", "item", "todo", "plan", "items", "same", "parent", "device")
+    __slots__ = ("path", "fd", "item", "todo", "plan", "items", "same", "parent")
 
     def __init__(self, path: bytes, fd: int, item: _Item | None, names: list[bytes], plan: Plan | None,
-                 parent: ParentFolder | None, device: int) -> None:
+                 parent: ParentFolder | None) -> None:
         self.path = path
         self.fd = fd
         self.item = item  # its entry in the folder above; None for the snapshot root
@@ -150,7 +150,6 @@ class _Folder:
         self.items: list[_Item] = []
         self.same = True  # every entry so far is unchanged
         self.parent = parent
-        self.device = device
 
 
 class _Archiver:
@@ -182,9 +181,8 @@ class _Archiver:
             except OSError:
                 pass  # reported when the walk reaches it
         root_fd = os.open(b"/", DIR_FLAGS)
-        root_st = os.fstat(root_fd)
         names = list_names(root_fd) if plan is None else sorted(plan)
-        self.stack = [_Folder(b"/", root_fd, None, names, plan, self.parents.root(), root_st.st_dev)]
+        self.stack = [_Folder(b"/", root_fd, None, names, plan, self.parents.root())]
         ok = False
         try:
             while self.stack:
@@ -329,7 +327,7 @@ class _Archiver:
             self.status.dirs += 1
         item.same = self.parents.shortcut and filescache.same_entry(entry, item.st, DIR)
         folder.items.append(item)
-        return _Folder(path, fd, item, names, plan, self.parents.child(folder.parent, item.name), st.st_dev)
+        return _Folder(path, fd, item, names, plan, self.parents.child(folder.parent, item.name))
 
     def close_folder(self, folder: _Folder) -> None:
         """All entries visited: keep the parent's tree, or capture and queue for storing."""

@@ -38,7 +38,7 @@ from typing import Any
 
 import msgpack
 
-from cairn.errors import CairnError
+from cairn.errors import CairnError, NotFound
 from cairn.files.metadata import group_name, user_name
 from cairn.files.tree import DIR, FILE
 from cairn.repo.repository import Repository
@@ -167,7 +167,13 @@ class ParentTrees:
         """(id, (entries by name, names)), the second None (noted) when the tree cannot be
         read: a damaged parent only means its files are read again."""
         try:
-            obj = msgpack.unpackb(self.repo.load_blob(tree_id), raw=False, strict_map_key=True)
+            try:
+                plaintext = self.repo.load_blob(tree_id)
+            except NotFound:
+                # The index is read here while savers may be adding to it (Repository.lookup
+                # takes no lock); a miss during a segment merge is not a missing tree.
+                plaintext = self.repo.load_blob(tree_id)
+            obj = msgpack.unpackb(plaintext, raw=False, strict_map_key=True)
             listed = obj["entries"] if isinstance(obj, dict) else None
             if not isinstance(listed, list):
                 raise ValueError("no entry list")

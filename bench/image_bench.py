@@ -14,6 +14,14 @@ of the changed image onto a target holding the first one. The page cache is warm
 tools (each source is read once before), so this measures the pipelines, not the disk. cairn
 runs in-process through the ops API (no interpreter start-up); the others as shell pipelines.
 On a shared machine, compare ratios, not absolute seconds.
+
+cairn's two restores onto an existing target are timed --restore-runs times, alternately (the
+target set back to the first image before each delta run), and the medians reported, with
+their ratio `delta_x` (full restore seconds / delta restore seconds): alternation spreads the
+machine's noise over both. `delta_x_cpu` is the same ratio in CPU seconds of the process (all
+threads), which other load on a shared machine disturbs far less than wall time. `--cold` drops the page cache (sync; drop_caches) before each timed
+restore, so the target and the packs are read from the medium, as on a real disk.
+`--cairn-only` skips partclone and dd.
 """
 
 from __future__ import annotations
@@ -107,7 +115,19 @@ def make_partitions(work: Path, size: int, used: int, change: int) -> tuple[Path
     return first, second
 
 
-def bench_cairn(work: Path, first: Path, second: Path, chunk: int) -> dict[str, float]:
+def settle_cache(cold: bool) -> None:
+    """Write back dirty pages (so one run's writeback is not billed to the next), and with
+    `cold` forget every cached page."""
+    subprocess.run(["sync"], check=True)
+    if cold:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def bench_cairn(work: Path, first: Path, second: Path, chunk: int, restore_runs: int = 3, cold: bool = False) -> dict[str, float]:
     repo_dir = work / f"repo-{chunk}"
     repo = Repository.init(LocalBackend(str(repo_dir)), b"pw", KdfParams(iterations=1, memory_kib=8, lanes=1))
     out: dict[str, float] = {}
@@ -123,14 +143,21 @@ def bench_cairn(work: Path, first: Path, second: Path, chunk: int) -> dict[str, 
     image_restore(repo, ImageRestoreOptions(two.snapshot_id.hex(), str(target), yes=True))
     out["restore_sparse_s"] = time.monotonic() - start
     image_restore(repo, ImageRestoreOptions(one.snapshot_id.hex(), str(target), yes=True, delta=False))
-    subprocess.run(["sync"], check=True)
-    start = time.monotonic()
-    delta = image_restore(repo, ImageRestoreOptions(two.snapshot_id.hex(), str(target), yes=True))
-    out["restore_delta_s"], out["delta_written"] = time.monotonic() - start, delta.bytes_written
-    subprocess.run(["sync"], check=True)
-    start = time.monotonic()
-    image_restore(repo, ImageRestoreOptions(two.snapshot_id.hex(), str(target), yes=True, delta=False))
-    out["restore_full_s"] = time.monotonic() - start
+    runs: dict[str, list[float]] = {"delta_s": [], "full_s": [], "delta_cpu": [], "full_cpu": []}
+    for _ in range(restore_runs):
+        image_restore(repo, ImageRestoreOptions(one.snapshot_id.hex(), str(target), yes=True))  # back to the older state
+        for kind, delta in (("delta", None), ("full", False)):
+            settle_cache(cold)
+            start, cpu = time.monotonic(), cpu_now(False)
+            done = image_restore(repo, ImageRestoreOptions(two.snapshot_id.hex(), str(target), yes=True, delta=delta))
+            runs[f"{kind}_s"].append(time.monotonic() - start)
+            runs[f"{kind}_cpu"].append(cpu_now(False) - cpu)
+            if kind == "delta":
+                out["delta_written"] = done.bytes_written
+    for key, values in runs.items():
+        out[f"restore_{key}"] = median(values)
+    out["delta_x"] = out["restore_full_s"] / out["restore_delta_s"]
+    out["delta_x_cpu"] = out["restore_full_cpu"] / out["restore_delta_cpu"]
     out["used_bytes"] = two.bytes_used
     target.unlink()
     shutil.rmtree(repo_dir)
@@ -177,6 +204,9 @@ def main() -> None:
     parser.add_argument("--change-mib", type=int, default=20)
     parser.add_argument("--chunks", default="1,4", help="cairn chunk sizes to try, MiB")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--restore-runs", type=int, default=3, help="alternating delta/full restores (median)")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each timed restore")
+    parser.add_argument("--cairn-only", action="store_true", help="skip partclone and dd")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cairn-image-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
@@ -186,11 +216,14 @@ def main() -> None:
             subprocess.run(["cat", str(p)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
         results: dict[str, list[dict[str, float]]] = {}
         for _ in range(args.runs):
-            results.setdefault("partclone|zstd", []).append(bench_partclone(work, first, second))
-            results.setdefault("dd|zstd", []).append(bench_dd(work, first, second))
+            if not args.cairn_only:
+                results.setdefault("partclone|zstd", []).append(bench_partclone(work, first, second))
+                results.setdefault("dd|zstd", []).append(bench_dd(work, first, second))
             for mib in (int(c) for c in args.chunks.split(",")):
-                results.setdefault(f"cairn {mib} MiB", []).append(bench_cairn(work, first, second, mib * MiB))
-    keys = ["image1_s", "image1_cpu", "image1_bytes", "image2_s", "image2_bytes", "restore_full_s", "restore_sparse_s", "restore_delta_s", "delta_written"]
+                results.setdefault(f"cairn {mib} MiB", []).append(
+                    bench_cairn(work, first, second, mib * MiB, args.restore_runs, args.cold)
+                )
+    keys = ["image1_s", "image1_cpu", "image1_bytes", "image2_s", "image2_bytes", "restore_full_s", "restore_sparse_s", "restore_delta_s", "delta_written", "delta_x", "delta_x_cpu"]
     print(f"{'tool':<16}" + "".join(f"{k:>16}" for k in keys))
     for tool, runs in results.items():
         row = []

@@ -6,14 +6,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_image_ext import dumpe2fs_used, ext_disk
+from test_image_ext import assert_used_blocks_equal, dumpe2fs_used, ext_disk
 from test_image_support import (
     MiB, file_sha, image_of, loop, mounted, needs, needs_root, new_repo, partitions_of, put, random_file,
     restore_to, run,
 )
 
 from cairn.errors import UsageError
-from cairn.image.pages import iter_chunks
+from cairn.image import writer
+from cairn.image.device import Device
+from cairn.image.pages import UNUSED, iter_chunks
 from cairn.ops.image_restore import load_disk
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
@@ -53,6 +55,44 @@ def test_delta_restore_writes_only_the_chunks_that_changed(tmp_path: Path) -> No
             assert a.read(block) == b.read(block), n
     again = restore_to(repo, new, target)
     assert again.chunks_written == 0 and again.bytes_written == 0
+
+
+@needs("sfdisk", "mkfs.ext4", "debugfs", "dumpe2fs")
+def test_a_delta_reads_every_chunk_it_restores_once_and_never_an_unused_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of neighbouring chunks (cut here at 3 MiB, so some end inside a run of used
+    chunks and some at an unused one) are read chunk by chunk: each read is one chunk that is
+    not UNUSED, in full, once; and the restored bytes are right."""
+    disk, fs, part = ext_disk(tmp_path)
+    repo = new_repo()
+    old = image_of(repo, disk).snapshot_id
+    target = tmp_path / "target.img"
+    restore_to(repo, old, target)
+    random_file(tmp_path / "new.bin", 5 * MiB, seed=32)
+    run("debugfs", "-w", "-R", f"write {tmp_path / 'new.bin'} new.bin", str(fs))
+    put(disk, part["start"] * 512, fs)
+    new = image_of(repo, disk).snapshot_id
+    _, description = load_disk(repo, new.hex())
+    chunks = [(region.start + ref.offset, ref.length, ref.kind) for region in description.regions for ref in iter_chunks(repo, description, region)]
+    expected = [(at, length) for at, length, kind in chunks if kind != UNUSED]
+    assert len(expected) < len(chunks)  # the free part of the ext4 is not read
+    reads: list[tuple[int, int]] = []
+    original = Device.readinto
+
+    def spy(self: Device, view: memoryview, offset: int) -> None:
+        if self.path == str(target):
+            reads.append((offset, len(view)))
+        original(self, view, offset)
+
+    monkeypatch.setattr(Device, "readinto", spy)
+    monkeypatch.setattr(writer, "BATCH_BYTES", 3 * MiB)
+    done = restore_to(repo, new, target)
+    tables = [(offset, len(data)) for offset, data in description.tables]
+    assert sorted(r for r in reads if r not in tables) == expected
+    assert done.bytes_compared == sum(length for _, length in expected)
+    assert 5 <= done.chunks_written <= 10
+    assert_used_blocks_equal(fs, target, part["start"] * 512)
 
 
 @needs("sfdisk", "mkfs.ext4", "dumpe2fs")

@@ -48,6 +48,8 @@ def zeros(length: int) -> bytes:
     return bytes(length)
 
 
-def is_zero(data: bytes | bytearray) -> bool:
-    """A memcmp against a cached zero buffer: gigabytes per second."""
-    return data == zeros(len(data))
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """A memcmp against a cached zero buffer: gigabytes per second. (`startswith` of an equally
+    long buffer is equality; unlike ``memoryview == bytes``, which compares item by item at
+    about 1 GB/s, it takes the memcmp path for a memoryview too.)"""
+    return zeros(len(data)).startswith(data)

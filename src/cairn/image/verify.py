@@ -24,10 +24,11 @@ Progress = Callable[[int, int], None]
 
 
 def _check(repo: Repository, dev: Device, at: int, ref: ChunkRef, block: int, load: bool) -> str | None:
-    data = dev.read(at, ref.length)
+    data = bytearray(ref.length)
+    dev.readinto(memoryview(data), at)
     if load and ref.kind != ZERO:
         repo.load_blob(ref.blob_id)
-    if chunk_matches(repo, data, ref, block):
+    if chunk_matches(repo, memoryview(data), ref, block):
         return None
     return f"bytes {at}-{at + ref.length} differ from the image"
 

@@ -168,7 +168,8 @@ def _stop_on_signals(out: Output) -> Iterator[threading.Event]:
 @click.option("--time", "when", metavar="TIME", help="Record TIME as the snapshot's time (ISO 8601 or 'YYYY-MM-DD HH:MM:SS').")
 @click.option("--parent", metavar="SNAPSHOT", help="Compare against SNAPSHOT (default: latest of this host and paths).")
 @click.option("--force", is_flag=True, help="Read every file again, ignoring the parent snapshot.")
-@click.option("-e", "--exclude", "excludes", multiple=True, metavar="PATTERN", help="Leave out what matches PATTERN (repeatable; see docs).")
+@click.option("-e", "--exclude", "excludes", multiple=True, metavar="PATTERN", help="Leave out what matches PATTERN (repeatable): a glob on the absolute path with * ? [...] "
+                   "and ** across folders; a leading / anchors it at the root, else it matches at any depth.")
 @click.option("--iexclude", "iexcludes", multiple=True, metavar="PATTERN", help="Like --exclude, ignoring case.")
 @click.option("--exclude-file", "exclude_files", multiple=True, metavar="FILE", help="Read --exclude patterns from FILE.")
 @click.option("--iexclude-file", "iexclude_files", multiple=True, metavar="FILE", help="Read --iexclude patterns from FILE.")

@@ -186,53 +186,60 @@ class ParentTrees:
         return tree_id, (entries, names)
 
 
-def unchanged_content(entry: Entry | None, st: os.stat_result) -> list[bytes] | None:
-    """The parent's content ids for a regular file that did not change, else None."""
+def compare_file(entry: Entry | None, st: os.stat_result, whole: bool) -> tuple[list[bytes] | None, bool]:
+    """(the parent's content ids if the file did not change, else None; whether the entry is
+    also equal to what capturing `st` would give, asked only when `whole` folders may be
+    reused). One function for both, since it runs for every file of an unchanged tree."""
+    if entry is None:
+        return None, False
+    get = entry.get
     if (
-        entry is None
-        or entry.get("type") != FILE
-        or entry.get("size") != st.st_size
-        or entry.get("mtime") != st.st_mtime_ns
-        or entry.get("ctime") != st.st_ctime_ns
+        get("type") != FILE
+        or get("size") != st.st_size
+        or get("mtime") != st.st_mtime_ns
+        or get("ctime") != st.st_ctime_ns
     ):
-        return None
-    content = entry.get("content")
-    if not isinstance(content, list):
-        return None
+        return None, False
+    content = get("content")
+    if type(content) is not list:
+        return None, False
     for blob_id in content:
         if type(blob_id) is not bytes or len(blob_id) != ID_SIZE:
-            return None
-    return content
+            return None, False
+    return content, whole and _same_metadata(entry, st, FILE)
 
 
 def same_entry(entry: Entry | None, st: os.stat_result, kind: str) -> bool:
     """Whether the parent's entry equals what capturing `st` would give (see the module doc).
 
-    Content is not compared here: for a file `unchanged_content` decides, for a folder its
+    Content is not compared here: for a file `compare_file` decides, for a folder its
     subtree does.
     """
     if entry is None or entry.get("type") != kind:
         return False
-    if (
-        entry.get("mtime") != st.st_mtime_ns
-        or entry.get("ctime") != st.st_ctime_ns
-        or entry.get("atime") != st.st_atime_ns
-        or entry.get("mode") != stat.S_IMODE(st.st_mode)
-        or entry.get("uid") != st.st_uid
-        or entry.get("gid") != st.st_gid
-        or entry.get("user") != user_name(st.st_uid)
-        or entry.get("group") != group_name(st.st_gid)
-    ):
-        return False
     if kind == FILE and entry.get("size") != st.st_size:
         return False
+    return entry.get("mtime") == st.st_mtime_ns and entry.get("ctime") == st.st_ctime_ns \
+        and _same_metadata(entry, st, kind)
+
+
+def _same_metadata(entry: Entry, st: os.stat_result, kind: str) -> bool:
+    """The fields besides type, size, mtime and ctime (checked by the callers)."""
+    get = entry.get
+    if (
+        get("atime") != st.st_atime_ns
+        or get("mode") != stat.S_IMODE(st.st_mode)
+        or get("uid") != st.st_uid
+        or get("gid") != st.st_gid
+        or get("user") != user_name(st.st_uid)
+        or get("group") != group_name(st.st_gid)
+    ):
+        return False
     if kind != DIR:
-        links = entry.get("links")
+        links = get("links")
         if st.st_nlink > 1:
             if links != [st.st_dev, st.st_ino, st.st_nlink]:
                 return False
         elif links is not None:
             return False
-    if "rdev" in entry and entry["rdev"] != st.st_rdev:
-        return False
-    return True
+    return "rdev" not in entry or entry["rdev"] == st.st_rdev

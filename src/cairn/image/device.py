@@ -142,14 +142,6 @@ class Device:
         except OSError:
             pass
 
-    def read_ahead(self, offset: int, length: int) -> None:
-        """Start reading a span into the page cache without waiting (POSIX_FADV_WILLNEED):
-        one large request to the device, while the caller reads it piece by piece."""
-        try:
-            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-
     def volume(self, start: int, length: int) -> ReadAt:
         """A reader confined to `[start, start + length)`, as the filesystem readers expect."""
 

@@ -127,22 +127,40 @@ def load_page(repo: Repository, blob_id: bytes, what: str) -> bytes:
     return repo.load_blob(blob_id)
 
 
-def iter_chunks(repo: Repository, disk: Disk, region: Region) -> Iterator[ChunkRef]:
-    """Every chunk of a region in order, loading one page at a time and checking each mask."""
+def page_refs(repo: Repository, disk: Disk, region: Region, page_no: int) -> list[ChunkRef]:
+    """The chunks of one page of a region, each mask checked to stay inside the region."""
     mask_size = mask_length(disk.chunk, region.block)
-    for page_no, page_id in enumerate(region.pages):
-        first, count = disk.page_span(region, page_no)
-        what = f"extent page {page_id.hex()[:12]}"
-        entries = decode_page(load_page(repo, page_id, what), count, mask_size, what)
-        for i, (kind, blob_id, mask) in enumerate(entries):
-            index = first + i
-            offset = index * disk.chunk
-            length = min(disk.chunk, region.length - offset)
-            if kind == PARTIAL:
-                valid_blocks = -(-length // region.block)
-                if int.from_bytes(mask, "little") >> valid_blocks:
-                    raise DamagedObject(f"{what} is damaged: a mask reaches past its region")
-            yield ChunkRef(index, offset, length, kind, blob_id, mask)
+    page_id = region.pages[page_no]
+    first, count = disk.page_span(region, page_no)
+    what = f"extent page {page_id.hex()[:12]}"
+    refs = []
+    for i, (kind, blob_id, mask) in enumerate(decode_page(load_page(repo, page_id, what), count, mask_size, what)):
+        index = first + i
+        offset = index * disk.chunk
+        length = min(disk.chunk, region.length - offset)
+        if kind == PARTIAL:
+            valid_blocks = -(-length // region.block)
+            if int.from_bytes(mask, "little") >> valid_blocks:
+                raise DamagedObject(f"{what} is damaged: a mask reaches past its region")
+        refs.append(ChunkRef(index, offset, length, kind, blob_id, mask))
+    return refs
+
+
+def iter_chunks(repo: Repository, disk: Disk, region: Region) -> Iterator[ChunkRef]:
+    """Every chunk of a region in order, loading one page at a time."""
+    for page_no in range(len(region.pages)):
+        yield from page_refs(repo, disk, region, page_no)
+
+
+def load_chunk(repo: Repository, ref: ChunkRef) -> bytes:
+    """The stored bytes of a DATA or PARTIAL chunk, checked to be a data blob exactly as long
+    as its chunk: a hostile description cannot make a reader return or write more."""
+    if repo.lookup(ref.blob_id).blob_type != BlobType.DATA:
+        raise DamagedObject(f"blob {ref.blob_id.hex()[:12]} named as disk data is not a data blob")
+    data = repo.load_blob(ref.blob_id)
+    if len(data) != ref.length:
+        raise DamagedObject(f"blob {ref.blob_id.hex()[:12]} is not as long as its chunk")
+    return data
 
 
 def referenced_blobs(repo: Repository, disk: Disk) -> Iterator[tuple[int, bytes]]:

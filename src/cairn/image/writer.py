@@ -9,10 +9,11 @@
   an older state of the same disk costs a read and the changed chunks.
 
 Chunks go to worker threads in **batches**: neighbours on the target, up to BATCH_BYTES. For
-a delta, the whole batch is first requested from the device in one read-ahead (one large
-request to a real disk), then each chunk is read into a buffer the thread keeps and hashed
-while it is still in the CPU cache (measured: about 20 % less CPU than hashing 8 MiB read at
-once, and no allocation or copy per chunk), masked in place for PARTIAL chunks. BLAKE3
+a delta, each chunk of a batch is read into a buffer the thread keeps and hashed while it is
+still in the CPU cache (measured: about 20 % less CPU than hashing 8 MiB read at once, and no
+allocation or copy per chunk), masked in place for PARTIAL chunks. The target is read with
+POSIX_FADV_SEQUENTIAL, which widens the kernel's read-ahead; an explicit POSIX_FADV_WILLNEED
+per batch was measured to cost 50 % more CPU on a cold cache for no gain in time. BLAKE3
 releases the GIL, so the threads hash in parallel. Only chunks that differ are loaded from
 the repository and written. UNUSED chunks are never read. So a delta costs one read and one
 hash of the used bytes, where a full restore also reads, decrypts and decompresses every
@@ -37,14 +38,13 @@ from cairn.image import chunks as chunks_mod
 from cairn.image import gpt
 from cairn.image.device import Device
 from cairn.image.format import Disk, Region
-from cairn.image.pages import PARTIAL, UNUSED, ZERO, ChunkRef, iter_chunks
-from cairn.repo.blob import BlobType
+from cairn.image.pages import PARTIAL, UNUSED, ZERO, ChunkRef, iter_chunks, load_chunk
 from cairn.repo.repository import Repository
 
 Progress = Callable[[int, int], None]
 BATCH_BYTES = 8 << 20
-"""Bytes of neighbouring chunks one worker handles at once: one read-ahead request to the
-device for a delta, and a few hundred tasks per GiB rather than one per chunk."""
+"""Bytes of neighbouring chunks one worker handles at once: a few hundred tasks per GiB
+rather than one per chunk, and each worker reads on in order."""
 
 
 @dataclass
@@ -187,7 +187,6 @@ class Writer:
                 self._write(job)
             return
         first, end = batch[0].at, batch[-1].at + batch[-1].ref.length
-        self.target.read_ahead(first, end - first)
         same = 0
         for job in batch:
             view = self._buffer(job.ref.length)
@@ -203,12 +202,7 @@ class Writer:
         if ref.kind == ZERO:
             self.target.zero(job.at, ref.length, self.target.size, self.sparse)
         else:
-            if self.repo.lookup(ref.blob_id).blob_type != BlobType.DATA:
-                raise DamagedObject(f"blob {ref.blob_id.hex()[:12]} named as disk data is not a data blob")
-            data = self.repo.load_blob(ref.blob_id)
-            if len(data) != ref.length:
-                raise DamagedObject(f"blob {ref.blob_id.hex()[:12]} is not as long as its chunk")
-            self.target.write(job.at, data, self.target.size)
+            self.target.write(job.at, load_chunk(self.repo, ref), self.target.size)
         self._count(written=ref.length)
 
     def _count(self, compared: int = 0, same: int = 0, written: int = 0) -> None:

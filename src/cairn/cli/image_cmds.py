@@ -1,8 +1,12 @@
-"""`cairn image` and `cairn image-restore`: thin handlers over ops.image and ops.image_restore."""
+"""`cairn image`, `image-restore`, `image-ls` and `image-dump`: thin handlers over ops.image,
+ops.image_restore and ops.image_files."""
 
 from __future__ import annotations
 
+import stat
 import sys
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +15,9 @@ from cairn.cli.notices import created_default_notice
 from cairn.cli.output import human_duration, human_size, is_terminal
 from cairn.errors import CairnError
 from cairn.ops import access
+
+if TYPE_CHECKING:
+    from cairn.image.tsk import Entry
 
 
 @click.command("image")
@@ -113,3 +120,80 @@ def image_restore_command(
     )
     if result.verified is False:
         raise CairnError("the target does not match the image")
+
+
+def _entry_line(entry: Entry, long: bool, full_path: bool) -> str:
+    name = entry.path if full_path else entry.name
+    name += "/" if entry.kind == "dir" else ""
+    if entry.kind == "symlink":
+        name += f" -> {entry.target}"
+    if not long:
+        return name
+    when = datetime.fromtimestamp(entry.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{KIND_LETTERS.get(entry.kind, '?')}{stat.filemode(entry.mode)[1:]} {entry.size:>14,} {when}  {name}"
+
+
+KIND_LETTERS = {"file": "-", "dir": "d", "symlink": "l"}
+
+
+@click.command("image-ls")
+@global_options
+@click.argument("snapshot")
+@click.argument("path", default="/")
+@click.option("--partition", type=int, metavar="N", help="The partition to read (default: the only one with a filesystem).")
+@click.option("-R", "--recursive", is_flag=True, help="Everything under PATH, with full paths.")
+@click.option("-l", "--long", "long_format", is_flag=True, help="Kind, permissions, size and modification time.")
+@click.option("--system", "show_system", is_flag=True, help="Also list NTFS metadata files ($MFT, $Bitmap, ...).")
+@pass_state
+def image_ls_command(
+    state: State, snapshot: str, path: str, partition: int | None, recursive: bool, long_format: bool, show_system: bool,
+) -> None:
+    """List files inside an image snapshot, without restoring it.
+
+    ext2/3/4, FAT and NTFS partitions are read through The Sleuth Kit, loading only the parts
+    of the image it needs. Without --partition on a disk with several filesystems, the
+    partitions are listed.
+    """
+    from cairn.ops.image_files import ImageLsOptions, image_ls
+
+    out = state.output
+    repo = access.open_repository(state.selection())
+    result = image_ls(repo, ImageLsOptions(snapshot, path, partition, recursive, show_system))
+    if out.json_mode:
+        out.json(result.to_json())
+        return
+    if result.partition is None:
+        for p in result.partitions:
+            label = f" '{p.label}'" if p.label else ""
+            out.result(f"partition {p.number}: {p.fs}, {human_size(p.length)}, {human_size(p.used)} used{label}")
+        out.result("choose one with --partition N")
+        return
+    for entry in result.entries:
+        out.result(_entry_line(entry, long_format, recursive))
+
+
+@click.command("image-dump")
+@global_options
+@click.argument("snapshot")
+@click.argument("path")
+@click.option("--partition", type=int, metavar="N", help="The partition to read (default: the only one with a filesystem).")
+@click.option("-t", "--target", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Write to FILE instead of standard output.")
+@pass_state
+def image_dump_command(state: State, snapshot: str, path: str, partition: int | None, target: str | None) -> None:
+    """Write one file from inside an image snapshot to standard output, without restoring it."""
+    from cairn.ops.image_files import ImageDumpOptions, image_dump
+
+    out = state.output
+    repo = access.open_repository(state.selection())
+    options = ImageDumpOptions(snapshot, path, partition)
+    if target is None:
+        sys.stdout.flush()
+        image_dump(repo, options, sys.stdout.buffer)
+        return
+    with open(target, "wb") as f:
+        result = image_dump(repo, options, f)
+    if out.json_mode:
+        out.json({"target": target, "partition": result.partition, "path": result.path, "bytes": result.bytes})
+    else:
+        out.result(f"wrote {human_size(result.bytes)} from partition {result.partition}:{result.path} to {target}")

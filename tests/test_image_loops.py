@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PASSWORD
@@ -47,10 +48,10 @@ pytestmark = [
 Cairn = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def cairn_json(run_cairn: Cairn, repo: Path, *args: str) -> dict[str, object]:
+def cairn_json(run_cairn: Cairn, repo: Path, *args: str) -> dict[str, Any]:
     done = run_cairn("-r", str(repo), "--json", *args, timeout=120)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    return json.loads(done.stdout)
 
 
 def table_of(device: str) -> list[dict[str, object]]:
@@ -137,8 +138,8 @@ def test_gpt_disk_on_loop_devices(tmp_path: Path, repo_dir: Path, run_cairn: Cai
     random_file(target_file, os.path.getsize(disk), seed=9)
     with loop(disk, read_only=True) as source:
         made = cairn_json(run_cairn, repo_dir, "image", source, "--verify")
-        assert [p["fs"] for p in made["partitions"]] == ["fat32", "ext4", "raw"] and made["verified"]  # type: ignore[index,union-attr]
-        assert made["bytes_read"] < 100 * MiB  # type: ignore[operator]
+        assert [p["fs"] for p in made["partitions"]] == ["fat32", "ext4", "raw"] and made["verified"]
+        assert made["bytes_read"] < 100 * MiB
         with loop(target_file) as target:
             done = cairn_json(run_cairn, repo_dir, "image-restore", str(made["snapshot_id"]), target, "--yes", "--verify")
             assert done["verified"] and done["target_size"] == os.path.getsize(disk)
@@ -159,7 +160,7 @@ def test_gpt_disk_on_loop_devices(tmp_path: Path, repo_dir: Path, run_cairn: Cai
     (tree / "hello.txt").write_text("hello again, image\n")
     with loop(disk, read_only=True) as source, loop(target_file) as target:
         again = cairn_json(run_cairn, repo_dir, "image", source)
-        assert again["bytes_new"] < 8 * MiB  # type: ignore[operator]
+        assert again["bytes_new"] < 8 * MiB
         repo = Repository.open(LocalBackend(str(repo_dir)), PASSWORD.encode())
         before = chunk_ids(repo, bytes.fromhex(str(made["snapshot_id"])))
         after = chunk_ids(repo, bytes.fromhex(str(again["snapshot_id"])))
@@ -169,7 +170,7 @@ def test_gpt_disk_on_loop_devices(tmp_path: Path, repo_dir: Path, run_cairn: Cai
         assert 3 <= differing <= len(changed)
         delta = cairn_json(run_cairn, repo_dir, "image-restore", str(again["snapshot_id"]), target, "--yes")
         assert delta["delta"] and delta["chunks_written"] == differing
-        assert delta["bytes_written"] <= differing * MiB  # type: ignore[operator]
+        assert delta["bytes_written"] <= differing * MiB
         assert table_of(target) == table_of(source)
         assert_devices_equal(source, target, [(p["start"] * 512, p["size"] * 512) for p in (esp, root)])
         ext4_files_equal(partition_of(target, root), tree, tmp_path / "mnt-root2")
@@ -181,7 +182,7 @@ def test_mbr_disk_on_loop_devices(tmp_path: Path, repo_dir: Path, run_cairn: Cai
     random_file(target_file, os.path.getsize(disk), seed=8)
     with loop(disk, read_only=True) as source, loop(target_file) as target:
         made = cairn_json(run_cairn, repo_dir, "image", source)
-        assert {p["number"]: p["fs"] for p in made["partitions"]} == {1: "fat16", 5: "ext4", 6: "ntfs"}  # type: ignore[index,union-attr]
+        assert {p["number"]: p["fs"] for p in made["partitions"]} == {1: "fat16", 5: "ext4", 6: "ntfs"}
         done = cairn_json(run_cairn, repo_dir, "image-restore", str(made["snapshot_id"]), target, "--yes", "--no-delta")
         assert not done["delta"] and done["bytes_written"] > 0
         assert table_of(target) == table_of(source)

@@ -132,8 +132,13 @@ def test_loop_devices_as_source_and_target(tmp_path: Path) -> None:
             restore_to(repo, result.snapshot_id, too_small)
     with loop(target_file) as target:
         asked: list[str] = []
+
+        def refuse(question: str) -> bool:
+            asked.append(question)
+            return False
+
         with pytest.raises(UsageError, match="not confirmed"):
-            restore_to(repo, result.snapshot_id, target, yes=False, confirm=lambda q: asked.append(q) or False)
+            restore_to(repo, result.snapshot_id, target, yes=False, confirm=refuse)
         assert asked and "device" in asked[0]
         done = restore_to(repo, result.snapshot_id, target, delta=False, verify=True)
         assert done.verified
@@ -225,7 +230,7 @@ def test_the_checker_names_a_missing_page_and_missing_data(tmp_path: Path) -> No
     _, description = load_disk(repo, snap.id.hex())
     page = description.regions[1].pages[0]
     real_load = repo.load_blob
-    repo.load_blob = lambda i: b"\x81\xa1v\x07" if i == page else real_load(i)  # type: ignore[method-assign]
+    repo.load_blob = lambda blob_id: b"\x81\xa1v\x07" if blob_id == page else real_load(blob_id)  # type: ignore[method-assign]
     damaged = list(image_problems(repo, snap.root, indexed))
     assert len(damaged) == 1 and page.hex()[:12] in damaged[0]
 

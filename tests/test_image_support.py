@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def run(*args: str, input: str | None = None) -> str:
     return done.stdout
 
 
-def sfdisk(path: Path, size: int, script: str) -> list[dict[str, int]]:
+def sfdisk(path: Path, size: int, script: str) -> list[dict[str, Any]]:
     """Create a disk image file of `size` bytes partitioned by an sfdisk script; returns the
     partitions as sfdisk reports them (start and size in sectors, node, type)."""
     with open(path, "wb") as f:
@@ -54,7 +55,7 @@ def sfdisk(path: Path, size: int, script: str) -> list[dict[str, int]]:
     return partitions_of(path)
 
 
-def partitions_of(path: Path) -> list[dict[str, int]]:
+def partitions_of(path: Path) -> list[dict[str, Any]]:
     return json.loads(run("sfdisk", "-J", str(path)))["partitiontable"]["partitions"]  # type: ignore[no-any-return]
 
 

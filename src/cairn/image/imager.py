@@ -258,5 +258,5 @@ class Imager:
             self.stats.bytes_read += sum(b - a for a, b in spans)
         if chunks_mod.is_zero(buf):
             return None
-        blob_id = self.repo.blob_id(buf)
-        return self.repo.save_blob(BlobType.DATA, buf, blob_id)
+        blob_id = self.repo.blob_id(view)
+        return self.repo.save_blob(BlobType.DATA, view, blob_id)

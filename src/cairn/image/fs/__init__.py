@@ -64,7 +64,8 @@ def probe(read: ReadAt, length: int) -> tuple[FsInfo, Plugin] | tuple[None, None
         except FsError:
             raise
         except (ValueError, IndexError, struct.error) as exc:
-            raise FsError(f"{plugin.__name__.rsplit('.', 1)[-1]} structures do not parse: {exc}") from None
+            name = getattr(plugin, "__name__", "filesystem").rsplit(".", 1)[-1]
+            raise FsError(f"{name} structures do not parse: {exc}") from None
         if info is not None:
             return info, plugin
     return None, None

@@ -55,11 +55,11 @@ class Geometry:
         return self.first_data_block + group * self.per_group
 
 
-def _u16(raw: bytes, at: int) -> int:
+def _u16(raw: bytes | bytearray, at: int) -> int:
     return int(struct.unpack_from("<H", raw, at)[0])
 
 
-def _u32(raw: bytes, at: int) -> int:
+def _u32(raw: bytes | bytearray, at: int) -> int:
     return int(struct.unpack_from("<I", raw, at)[0])
 
 

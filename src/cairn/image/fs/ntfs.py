@@ -106,16 +106,16 @@ def probe(read: ReadAt, length: int) -> FsInfo | None:
     if total_sectors * bps > length or not 0 < mft_lcn < clusters or record_size not in (1024, 2048, 4096):
         raise FsError("NTFS geometry does not fit the volume")
 
-    def record_at(offset: int) -> bytearray:
+    def record_at(offset: int) -> bytes:
         if offset + record_size > clusters * cluster:
             raise FsError("an MFT record lies outside the volume")
         rec = bytearray(read(offset, record_size))
         apply_fixups(rec)
-        return rec
+        return bytes(rec)
 
     mft_runs = decode_runs(_data_attribute(record_at(mft_lcn * cluster)))
 
-    def record(number: int) -> bytearray:
+    def record(number: int) -> bytes:
         vcn, within = divmod(number * record_size, cluster)
         for lcn, count in mft_runs:
             if vcn < count and lcn is not None:

@@ -176,7 +176,12 @@ def test_verify_finds_a_changed_used_byte_and_progress_reaches_the_total(tmp_pat
     assert [d for _, d, _ in imaging] == sorted(d for _, d, _ in imaging)
     assert seen[-1][0] == "verifying" and seen[-1][1] == seen[-1][2]
     out = tmp_path / "out.img"
-    restore_to(repo, result.snapshot_id, out)
+    from cairn.ops.image_restore import ImageRestoreOptions, image_restore
+
+    restoring: list[tuple[int, int]] = []
+    image_restore(repo, ImageRestoreOptions(result.snapshot_id.hex(), str(out)), progress=lambda p: restoring.append((p.bytes_done, p.total_bytes)))
+    assert restoring[-1][0] == restoring[-1][1] > 0  # zero chunks left as holes count too
+    assert [d for d, _ in restoring] == sorted(d for d, _ in restoring)
     _, description = load_disk(repo, result.snapshot_id.hex())
     with Device(str(out)) as dev:
         assert compare(repo, description, dev, description.regions, 0, description.tables) == []

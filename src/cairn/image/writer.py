@@ -119,6 +119,7 @@ class Writer:
         """The table bytes as written (moved for a larger disk), for verification."""
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._skipped_zero = 0
 
     def needed_size(self, partition: int | None) -> int:
         return self.disk.partition(partition).length if partition is not None else self.disk.size
@@ -146,11 +147,15 @@ class Writer:
                     self.progress(done, self.stats.bytes_total)
 
             for batch in self._batches(regions, shift):
-                in_flight.append((sum(job.ref.length for job in batch), pool.submit(self._batch, batch)))
+                length = sum(job.ref.length for job in batch) + self._skipped_zero
+                self._skipped_zero = 0  # zero chunks left as holes count as done with the next batch
+                in_flight.append((length, pool.submit(self._batch, batch)))
                 while len(in_flight) >= self.workers * 2 or (in_flight and in_flight[0][1].done()):
                     settle()
             while in_flight:
                 settle()
+            if self._skipped_zero and self.progress:
+                self.progress(done + self._skipped_zero, self.stats.bytes_total)
         if partition is None:
             self._tables()
         self.target.sync()
@@ -164,6 +169,8 @@ class Writer:
             for ref in iter_chunks(self.repo, self.disk, region):
                 if ref.kind == UNUSED or (ref.kind == ZERO and self.fresh and self.sparse):
                     self.stats.chunks_skipped += 1
+                    if ref.kind == ZERO:
+                        self._skipped_zero += ref.length
                     continue
                 job = Job(region.start + shift + ref.offset, ref, region.block)
                 if batch and (batch[-1].at + batch[-1].ref.length != job.at or size + ref.length > BATCH_BYTES):

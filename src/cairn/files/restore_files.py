@@ -26,7 +26,9 @@ from cairn.files.restore_state import RestoreSettings, Tally
 from cairn.files.tree import Node
 from cairn.repo.repository import Repository
 
-WORKERS = 8  # writing is mostly waiting on the filesystem: more threads than cores pay off
+# Writing is partly waiting on the filesystem, so twice as many writers as cores; more only
+# adds kernel time spent contending for the same folders' locks.
+WORKERS = max(4, min(16, 2 * (os.cpu_count() or 2)))
 LOADERS = max(2, min(8, os.cpu_count() or 2))  # decrypting and decompressing: one per core
 IN_FLIGHT = 2 * WORKERS
 _CHECK_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

@@ -278,3 +278,21 @@ def test_restore_of_a_read_only_folder_and_unreadable_file_as_root_or_not(
     done = restore(repo, RestoreOptions(f"latest:{src}", str(target)))  # an unreadable existing file
     assert done.errors == [] and stat.S_IMODE((target / "d0").stat().st_mode) == 0o555
     os.chmod(src / "d0", 0o755)
+
+
+def test_the_command_names_each_damaged_file_and_exits_13(cli: CliRun, repo_dir: Path, src: Path,
+                                                          tmp_path: Path) -> None:
+    assert cli("-r", str(repo_dir), "backup", str(src)).exit_code == 0
+    big = max((p for p in (repo_dir / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    os.chmod(big, 0o644)
+    with open(big, "r+b") as f:  # every blob in the biggest pack is damaged
+        data = bytearray(f.read())
+        for at in range(100, len(data) - 4096, 4096):
+            data[at] ^= 1
+        f.seek(0)
+        f.write(data)
+    result = cli("-r", str(repo_dir), "restore", f"latest:{src}", "--target", str(tmp_path / "out"))
+    assert result.exit_code == 13
+    failed = [line for line in result.stderr.splitlines() if line.startswith("cairn: warning: failed ")]
+    assert failed and all("does not" in line or "damaged" in line for line in failed), result.stderr
+    assert result.stderr.splitlines()[-1].startswith("cairn: ") and "more file(s) not restored" in result.stderr

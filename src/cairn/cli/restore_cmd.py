@@ -39,6 +39,7 @@ def _report(out: Output, result: Any, target: str) -> None:
     extra = [f"{n:,} {what}" for n, what in [
         (result.unchanged, "unchanged"), (result.specials, "links/fifos/devices"),
         (result.links, "hard links"), (result.deleted, "deleted"), (result.verified, "verified"),
+        (result.counts.get("skipped", 0), "not restored"), (result.counts.get("errors", 0), "FAILED"),
     ] if n]
     out.result(
         f"restored {result.files:,} files, {result.dirs:,} folders, {human_size(result.bytes_written)} "

@@ -222,8 +222,8 @@ class Restorer:
                 except FileExistsError:
                     pass
             st = lstat_at(parent, node.name)
-            if st is None and not create:
-                return False
+            if not create and (st is None or not stat.S_ISDIR(st.st_mode)):
+                return False  # only looking (for --delete): nothing to look into
             action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
             if action in (Action.CREATE, Action.REPLACE):
                 if st is not None:
@@ -281,7 +281,6 @@ class Restorer:
             if frame.fd != self.top_fd:
                 os.close(frame.fd)
             frame.fd = None
-
 
 
 def restore(

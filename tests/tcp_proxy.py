@@ -17,13 +17,16 @@ import time
 
 class TcpProxy:
     def __init__(self, target_port: int, *, delay: float = 0.0, rate: float | None = None,
-                 drop_after: int | None = None, max_drops: int = 0) -> None:
+                 drop_after: int | None = None, max_drops: int = 0, corrupt_at: int | None = None) -> None:
         self.target = ("127.0.0.1", target_port)
         self.delay = delay
         self.rate = rate
         self.drop_after = drop_after
         self.max_drops = max_drops
         self.drops = 0
+        self.corrupt_at = corrupt_at
+        """Flip one bit of the byte at this offset of the first connection's client-to-server stream."""
+        self.corrupted = False
         self.connections = 0
         self._cut = False
         self._open: set[socket.socket] = set()
@@ -50,12 +53,13 @@ class TcpProxy:
             with self._lock:
                 self.connections += 1
                 self._open.update((client, server))
-            state = {"bytes": 0}
+            state = {"bytes": 0, "sent": 0}
             for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink, client, server, state), daemon=True).start()
+                threading.Thread(target=self._pump, args=(source, sink, client, server, state, source is client),
+                                 daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, client: socket.socket, server: socket.socket,
-              state: dict[str, int]) -> None:
+              state: dict[str, int], upstream: bool) -> None:
         try:
             while True:
                 chunk = source.recv(65536)
@@ -73,11 +77,23 @@ class TcpProxy:
                         self.drops += 1
                 if drop or self._cut:
                     break
+                if upstream:
+                    chunk = self._maybe_corrupt(chunk, state)
                 sink.sendall(chunk)
         except OSError:
             pass
         finally:
             self._close(client, server)
+
+    def _maybe_corrupt(self, chunk: bytes, state: dict[str, int]) -> bytes:
+        start, state["sent"] = state["sent"], state["sent"] + len(chunk)
+        with self._lock:
+            if self.corrupt_at is None or self.corrupted or not start <= self.corrupt_at < state["sent"]:
+                return chunk
+            self.corrupted = True
+        damaged = bytearray(chunk)
+        damaged[self.corrupt_at - start] ^= 0x01
+        return bytes(damaged)
 
     def _close(self, *sockets: socket.socket) -> None:
         for sock in sockets:

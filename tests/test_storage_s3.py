@@ -17,6 +17,7 @@ from cairn.storage.s3 import S3Backend
 from cairn.storage.stack import open_storage
 from cairn.testing.conformance import BackendConformance, names, pattern
 from servers import READER_KEY, SeaweedFS, aws_env, free_ports, s3_client
+from tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -229,3 +230,23 @@ def test_region_from_the_location_or_the_environment(aws: None, monkeypatch: pyt
     assert S3Backend(parse_location("s3:http://h/b?region=eu-central-1"))._client.meta.region_name == "eu-central-1"  # type: ignore[arg-type]
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
     assert S3Backend(parse_location("s3:http://h/b"))._client.meta.region_name == "ap-south-1"  # type: ignore[arg-type]
+
+
+def test_bytes_damaged_on_the_way_are_refused_then_sent_again(aws: None, seaweedfs: SeaweedFS) -> None:
+    """Content-MD5 on every PUT: the server refuses a damaged upload (BadDigest) instead of storing it."""
+    data = pattern(MiB)
+    proxy = TcpProxy(seaweedfs.s3_port, corrupt_at=500_000)  # inside the first PUT's body
+    try:
+        raw = s3_backend(f"http://127.0.0.1:{proxy.port}", bucket=shared_bucket(seaweedfs.endpoint))
+        with pytest.raises(StorageError, match="BadDigest") as caught:
+            raw.store("data/x", data)
+        assert proxy.corrupted and caught.value.transient
+        with pytest.raises(ObjectMissing):
+            raw.stat("data/x")
+        proxy.corrupted, proxy.corrupt_at = False, 400_000  # the next connection: damaged once more
+        retrying = open_storage(raw.properties.location, retry=RetryPolicy(base_delay=0.01, max_delay=0.05))
+        retrying.store("data/x", data)
+        assert proxy.corrupted
+        assert retrying.load("data/x") == data
+    finally:
+        proxy.stop()

@@ -50,8 +50,9 @@ _AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "Expired
          "InvalidClientTokenId", "AuthorizationHeaderMalformed", "InvalidSecurity"}
 _DENIED = {"AccessDenied", "403", "AllAccessDisabled", "Forbidden"}
 _FULL = {"QuotaExceeded", "XMinioStorageFull", "InsufficientStorage", "StorageFull"}
-_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
-              "TooManyRequests", "ServiceUnavailable", "InternalError", "RequestTimeTooSkewed", "OperationAborted"}
+# Worth another try: overload, a request cut short, or bytes damaged on the way (BadDigest).
+_TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
+              "TooManyRequests", "ServiceUnavailable", "InternalError", "OperationAborted", "BadDigest"}
 _NETWORK = (bce.EndpointConnectionError, bce.ConnectionClosedError, bce.ConnectTimeoutError, bce.ReadTimeoutError,
             bce.IncompleteReadError, bce.ResponseStreamingError, bce.ProxyConnectionError, bce.HTTPClientError,
             ConnectionError, TimeoutError)
@@ -156,7 +157,7 @@ class S3Backend:
         if code in _FULL:
             return StorageFull(f"no space left on {where} while writing {name} ({code})")
         error = StorageError(f"cannot {action} {name} in {where}: {code or status} {exc.response.get('Error', {}).get('Message', '')}".rstrip())
-        error.transient = status >= 500 or status == 429 or code in _THROTTLED
+        error.transient = status >= 500 or status == 429 or code in _TRANSIENT
         return error
 
     def _no_bucket(self, exc: Exception) -> bool:

@@ -105,18 +105,22 @@ class SftpBackend:
 
     def store(self, name: str, data: bytes | memoryview) -> None:
         path = self._path(name)
-        with memoryview(data) as view, self._channel() as sftp:
-            check_size(name, view.nbytes)
-            folder = path.rpartition("/")[0]
-            temp = f"{folder}/{TEMP_PREFIX}{secrets.token_hex(8)}"
-            try:
-                self._write(sftp, temp, folder, view)
-                self._replace(sftp, temp, path)
-            except BaseException as exc:
-                self._remove_quietly(sftp, temp, exc)
-                if isinstance(exc, Exception):
-                    raise self._error(sftp, exc, name, "write", view.nbytes) from exc
-                raise
+        with memoryview(data) as view:
+            check_size(name, view.nbytes)  # before any connection: nothing to undo
+            with self._channel() as sftp:
+                self._store(sftp, name, path, view)
+
+    def _store(self, sftp: paramiko.SFTPClient, name: str, path: str, view: memoryview) -> None:
+        folder = path.rpartition("/")[0]
+        temp = f"{folder}/{TEMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            self._write(sftp, temp, folder, view)
+            self._replace(sftp, temp, path)
+        except BaseException as exc:
+            self._remove_quietly(sftp, temp, exc)
+            if isinstance(exc, Exception):
+                raise self._error(sftp, exc, name, "write", view.nbytes) from exc
+            raise
 
     def _write(self, sftp: paramiko.SFTPClient, temp: str, folder: str, view: memoryview) -> None:
         try:

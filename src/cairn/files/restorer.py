@@ -35,7 +35,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from cairn.errors import CairnError
 from cairn.files import metadata
 from cairn.files.restore_entries import (
     DIR_FLAGS, IF_NEWER, NEVER, Action, decide, delete_strays, lstat_at, remove,
@@ -141,12 +140,13 @@ class Restorer:
         return self.tally.result
 
     def measure(self, top: _Frame, stopped: threading.Event) -> None:
-        """In a side thread: the bytes to restore, the progress bar's total. A damaged tree just
-        ends the count (the walk itself reports it)."""
+        """In a side thread: the bytes to restore, the progress bar's total. Any failure (a
+        damaged tree, the repository closed once the restore is over) just ends the count: the
+        walk itself reports what matters, and a progress bar must never fail a restore."""
         load = functools.partial(load_tree, self.repo)
         try:
             total = planned_bytes(load, top.path, top.entries, top.selected, self.settings.selection, stopped)
-        except CairnError:
+        except Exception:  # noqa: BLE001 - see above
             return
         if total is not None:
             self.tally.total_bytes = total

@@ -6,11 +6,19 @@ rewriting no more.
     python bench/prune.py --size-gib 3 --snapshots 50 --change-mib 40 --work /var/tmp/prune-bench
 
 History: a base of `--size-gib` of incompressible files (16 MiB each) in a tree of folders;
-each later snapshot rewrites `--change-mib` of it (whole files replaced, a few files added), so
-every snapshot holds some data no other one has. The middle snapshot is forgotten; its unique
-data is a few percent of the repository, below both tools' default --max-unused of 5 %.
+each later snapshot rewrites `--change-mib` of it (whole files replaced) and adds a 16 MiB file,
+and every snapshot holds `--scratch-mib` of data no other one has (a scratch file replaced each
+time). The middle snapshot is forgotten: its scratch data is about 1 % of the repository, below
+both tools' default --max-unused of 5 %, so neither should rewrite data, only reclaim it.
 
 Not part of the test suite (it takes minutes and a few GiB of disk).
+
+Measured on the 2-core project machine (restic 0.14.0), ``--size-gib 2 --snapshots 50
+--change-mib 32 --scratch-mib 48``, repositories of 7.1 GB each: forget + prune took 1.58 s
+with cairn and 1.60 s with restic (ratio 0.99); cairn wrote 2.3 KB (one rewritten index
+object) where restic wrote 1.4 MB (its whole index and a tree pack), ratio 0.002; both deleted
+50 MB. Peak memory 116 MiB against restic's 77 MiB (ratio 1.5, most of it the interpreter and
+its libraries at this index size). restic held an exclusive lock throughout; cairn none.
 """
 
 from __future__ import annotations
@@ -78,11 +86,15 @@ def make_history(args: argparse.Namespace, work: Path, cairn: list[str], env: di
     for n in range(args.snapshots):
         if n:
             changed = max(1, (args.change_mib << 20) // FILE)
-            files = sorted(src.rglob("*.bin"))
-            for path in rng.sample(files, min(changed - 1, len(files))):
+            files = sorted(src.rglob("d*/*.bin"))
+            for path in rng.sample(files, min(changed, len(files))):
                 path.write_bytes(os.urandom(FILE))
             (src / "new" / f"n{n:03d}.bin").parent.mkdir(exist_ok=True)
             (src / "new" / f"n{n:03d}.bin").write_bytes(os.urandom(FILE))
+        # Scratch data only this snapshot holds (the next one replaces it): what forgetting
+        # one snapshot can give back.
+        (src / "scratch").mkdir(exist_ok=True)
+        (src / "scratch" / "s.bin").write_bytes(os.urandom(args.scratch_mib << 20))
         _, _, out = run([*cairn, "-r", str(work / "cairn"), "--json", "backup", str(src)], env)
         cairn_ids.append(json.loads(out.strip().splitlines()[-1])["snapshot_id"])
         _, _, out = run(["restic", "-r", str(work / "restic"), "backup", "--json", "-q", str(src)], env)
@@ -97,6 +109,8 @@ def main() -> None:
     parser.add_argument("--snapshots", type=int, default=50)
     parser.add_argument("--change-mib", type=int, default=40)
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/cairn-prune-bench"))
+    parser.add_argument("--scratch-mib", type=int, default=48,
+                        help="Data each snapshot alone holds (replaced by the next one).")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="Keep the work folder.")
     args = parser.parse_args()

@@ -57,8 +57,8 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 _GLOBAL_OPTIONS = [
     click.option(
         "-r", "--repo", metavar="LOCATION", expose_value=False, callback=_remember,
-        help="Repository: a folder or local:/path (default: $CAIRN_REPOSITORY, "
-        "else $XDG_DATA_HOME/cairn/repo).",
+        help="Repository: a folder, sftp:host:/path, s3:https://endpoint/bucket/prefix or rclone:remote:path "
+        "(docs/STORAGE.md; default: $CAIRN_REPOSITORY, else $XDG_DATA_HOME/cairn/repo).",
     ),
     click.option(
         "--password-file", metavar="FILE", expose_value=False, callback=_remember,

@@ -173,17 +173,28 @@ def _next_data(fd: int, pos: int, end: int) -> int:
         raise
 
 
-def _segment_id(repo: Repository, fd: int, offset: int, length: int, zero_id: bool) -> bytes | None:
-    """The blob id of the file's bytes [offset, offset+length), or None when they are a short
-    read. For a blob known to be zeros only zero-ness is checked (no hashing of holes)."""
-    if zero_id and _next_data(fd, offset, offset + length) >= offset + length:
-        return b""  # a hole: zeros
+def _matches(repo: Repository, fd: int, offset: int, length: int, blob_id: bytes, zeros: ZeroBlobs) -> bool:
+    """Whether the file's bytes [offset, offset+length) are the blob `blob_id`.
+
+    A range that is all hole (SEEK_DATA) is zeros without being read: it matches when the blob
+    is known to be zeros, or when its id is the id of that many zero bytes (hashed once per
+    length, then remembered), so a second run over a 4 GiB sparse file hashes almost nothing."""
+    known_zero = zeros.get(blob_id) == length
+    if _next_data(fd, offset, offset + length) >= offset + length:
+        if known_zero:
+            return True
+        if repo.blob_id(_zeros(length)) == blob_id:
+            zeros.add(blob_id, length)
+            return True
+        return False
     data = os.pread(fd, length, offset)
     if len(data) != length:
-        return None
-    if zero_id:
-        return b"" if is_zero(data) else None
-    return repo.blob_id(data)
+        return False
+    return is_zero(data) if known_zero else repo.blob_id(data) == blob_id
+
+
+def _zeros(length: int) -> bytes:
+    return _ZERO_BLOCK[:length] if length <= BLOCK else bytes(length)
 
 
 def first_difference(repo: Repository, fd: int, node: Node, lengths: list[int], zeros: ZeroBlobs) -> int | None:
@@ -193,9 +204,7 @@ def first_difference(repo: Repository, fd: int, node: Node, lengths: list[int], 
         return 0
     offset = 0
     for blob_id, length in zip(node.content, lengths):
-        zero = zeros.get(blob_id) == length
-        got = _segment_id(repo, fd, offset, length, zero)
-        if got is None or (got != b"" if zero else got != blob_id):
+        if not _matches(repo, fd, offset, length, blob_id, zeros):
             return offset
         offset += length
     return None

@@ -27,6 +27,19 @@ PUBLIC = [
     "backup", "BackupOptions", "BackupResult",
     "restore", "RestoreOptions", "RestoreResult",
     "check", "CheckOptions", "CheckResult",
+    "forget", "ForgetOptions", "ForgetResult",
+    "prune", "PruneOptions", "PruneResult",
+    "stats", "StatsOptions", "StatsResult",
+    "copy", "CopyOptions", "CopyResult",
+    "repair_index", "RepairIndexResult", "repair_snapshots", "RepairSnapshotsOptions", "RepairSnapshotsResult",
+    "tag", "TagOptions", "TagResult",
+    "ls", "LsOptions", "LsResult",
+    "find", "FindOptions", "FindResult",
+    "diff", "DiffOptions", "DiffResult",
+    "dump", "DumpOptions", "DumpResult",
+    "image", "ImageOptions", "ImageResult",
+    "image_restore", "ImageRestoreOptions", "ImageRestoreResult",
+    "image_ls", "ImageLsOptions", "ImageLsResult", "image_dump", "ImageDumpOptions", "ImageDumpResult",
 ]
 
 # Operations written alongside the CLI; their names resolve once their modules exist.

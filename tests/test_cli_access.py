@@ -16,6 +16,7 @@ from conftest import FAST_KDF, FAST_KDF_ARGS, PASSWORD, SRC, CliRun, one_line_er
 from cairn.errors import RepositoryNotFound, UsageError, WrongPassword
 from cairn.ops import access
 from cairn.ops.access import NO_PASSWORD, RepoSelection
+from cairn.ops.init import InitOptions
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
 
@@ -220,7 +221,7 @@ def test_a_new_password_is_asked_twice(tmp_path: Path) -> None:
     answers = iter(["one", "two"])
     selection = RepoSelection(location=str(tmp_path / "r"), interactive=True, prompt=lambda _: next(answers))
     with pytest.raises(UsageError, match="the passwords do not match"):
-        access.create_repository(selection, FAST_KDF)
+        access.create_repository(selection, InitOptions(kdf=FAST_KDF))
     assert not (tmp_path / "r").exists()
 
     prompts: list[str] = []
@@ -230,7 +231,7 @@ def test_a_new_password_is_asked_twice(tmp_path: Path) -> None:
         return "same"
 
     selection = RepoSelection(location=str(tmp_path / "r"), interactive=True, prompt=prompt)
-    access.create_repository(selection, FAST_KDF)
+    access.create_repository(selection, InitOptions(kdf=FAST_KDF))
     assert prompts == [f"new password for {tmp_path / 'r'}: ", f"new password for {tmp_path / 'r'} again: "]
     Repository.open(LocalBackend(tmp_path / "r"), b"same")
 

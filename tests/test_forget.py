@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_KDF, PASSWORD, CliRun, one_line_error
+from conftest import FAST_KDF, FAST_KDF_ARGS, PASSWORD, CliRun, one_line_error
 from cairn.files.tree import encode_tree
 from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
@@ -150,8 +150,9 @@ def test_tag_writes_a_new_snapshot_linked_to_the_original(cli: CliRun, repo_dir:
 def test_an_append_only_repository_refuses_every_deletion(cli: CliRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ao"
     monkeypatch.setenv("CAIRN_PASSWORD", PASSWORD)
-    repo = Repository.init(LocalBackend(path), PASSWORD.encode(), FAST_KDF, append_only=True)
-    repo.add_key(b"second", FAST_KDF)
+    created = cli("-r", str(path), "init", "--append-only", *FAST_KDF_ARGS)
+    assert created.exit_code == 0, created.stderr
+    Repository.open(LocalBackend(path), PASSWORD.encode()).add_key(b"second", FAST_KDF)
     ids = add_snapshots(path, HISTORY[:2])
     for args in (
         ("forget", "--keep-last", "1"), ("prune",), ("tag", "--add", "x", "latest"),

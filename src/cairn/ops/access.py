@@ -29,7 +29,6 @@ import platformdirs
 
 from cairn.errors import RepositoryNotFound, StorageReadOnly, UsageError
 from cairn.ops.init import InitOptions, InitResult, init
-from cairn.repo.keys import KdfParams
 from cairn.repo.repository import Repository
 from cairn.storage.base import Backend
 from cairn.storage.stack import open_storage
@@ -226,7 +225,7 @@ def open_repository(selection: RepoSelection) -> Repository:
         raise
 
 
-def create_repository(selection: RepoSelection, kdf: KdfParams | None = None) -> InitResult:
+def create_repository(selection: RepoSelection, options: InitOptions | None = None) -> InitResult:
     """Create a repository at the selected location (explicit or default).
 
     Refuses an existing repository before asking for the new password.
@@ -237,7 +236,7 @@ def create_repository(selection: RepoSelection, kdf: KdfParams | None = None) ->
         if Repository.probe(backend):
             raise UsageError(f"a repository already exists at {location.text}")
         password = read_new_password(selection, location.text)
-        return init(backend, password, InitOptions(kdf=kdf or KdfParams()))
+        return init(backend, password, options)
     except BaseException:
         backend.close()
         raise

@@ -19,6 +19,9 @@ class InitOptions:
     """
 
     kdf: KdfParams = field(default_factory=KdfParams)
+    append_only: bool = False
+    """Clients refuse forget, prune, tag and key removal (docs/RETENTION.md has the storage-side
+    recipe that makes this hold against a compromised client too)."""
 
 
 @dataclass(frozen=True)
@@ -39,5 +42,5 @@ def init(backend: Backend, password: bytes, options: InitOptions | None = None) 
     options = options or InitOptions()
     if not password:
         raise UsageError("an empty password protects nothing: choose one")
-    repo = Repository.init(backend, password, options.kdf)
+    repo = Repository.init(backend, password, options.kdf, append_only=options.append_only)
     return InitResult(backend.properties.location, repo.config.id.hex(), repo.key_id, repo)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, CliRun
-from cairn.ops.check import CheckOptions, check
+from cairn.ops.check import AWAITING_DELETION, CheckOptions, check
 from cairn.ops.prune import PruneOptions, prune
 from cairn.policy.repack import Limit
 from cairn.repo import lock as lock_mod
@@ -196,6 +196,8 @@ def test_deletion_waits_for_locks_that_existed_and_the_next_prune_finishes(histo
     assert any("backup" in w for w in done["waiting_for"])
     assert len(list((repo_dir / "pending").iterdir())) == 1
     history.verify()  # the old packs are out of the index, the repository checks clean
+    warnings = check(open_repo(repo_dir), CheckOptions()).warnings
+    assert warnings and all(AWAITING_DELETION in w for w in warnings), warnings
     still = prune_cli(cli, repo_dir)
     assert still["pending"] == 1 and still["deleted_packs"] == 0
     other.locks.release(held)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cairn.errors import CairnError, DamagedObject, UsageError
+from cairn.errors import CairnError, DamagedObject, ObjectMissing, UsageError
 from cairn.files.tree import decode_tree
 from cairn.image.checker import image_problems
 from cairn.repo import config as config_mod
@@ -35,6 +35,7 @@ from cairn.repo import lock as lock_mod
 from cairn.repo.blob import BlobType, open_blob
 from cairn.repo.crypto import OVERHEAD
 from cairn.repo.index import BlobIndex, IndexEntry
+from cairn.repo.maintenance import Pending, load_pendings
 from cairn.repo.pack import HEADER_START, RECORD, TRAILER, PackEntry, header_tail_size, object_name, parse_header
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
@@ -46,6 +47,7 @@ _ID = re.compile(r"^[0-9a-f]{64}$")
 _PACK_NAME = re.compile(r"^data/([0-9a-f]{2})/([0-9a-f]{64})$")
 _BLOB_TYPES = frozenset(int(t) for t in BlobType)
 UNINDEXED = "unindexed pack (left by an interrupted backup; prune or repair index)"
+AWAITING_DELETION = "awaiting deletion by prune (no index names it; the next prune deletes it)"
 
 
 @dataclass
@@ -183,6 +185,8 @@ class _Checker:
                 packs, supersedes = index_mod.decode_index(
                     self.repo.load_object("index", index_id), f"index {index_id[:8]}"
                 )
+            except ObjectMissing:
+                continue  # a prune replaced it after we listed: its successor was listed too
             except CairnError as exc:
                 self.errors.append(_named(f"index {index_id[:8]}", exc))
                 continue
@@ -234,8 +238,10 @@ class _Checker:
         return sum(e.length for e in index_mod.iter_records(records)) + _header_size(records)
 
     def check_packs(self, skip_headers: Iterable[bytes]) -> None:
-        for pack_id in self.stored.keys() - self.indexed.keys():
-            self.warnings.append(f"pack {_short(pack_id)}: {UNINDEXED}")
+        awaiting = {p for pending in load_pendings(self.repo) if isinstance(pending, Pending) for p in pending.packs}
+        for pack_id in sorted(self.stored.keys() - self.indexed.keys()):
+            reason = AWAITING_DELETION if pack_id in awaiting else UNINDEXED
+            self.warnings.append(f"pack {_short(pack_id)}: {reason}")
         skip = set(skip_headers)
         headers: list[bytes] = []
         for pack_id, (index_id, records) in self.indexed.items():

@@ -292,6 +292,12 @@ class _Archiver:
             self.result.bytes_total -= st.st_size
             self.skip(join(folder.path, item.name), reason(exc))
             return False
+        # A file that is read makes its folder's tree new: capture now, through the open file
+        # (cheaper than through /proc when the folder is finished).
+        try:
+            item.node = capture(folder.fd, item.name, st, fd)
+        except OSError:
+            pass  # tried again when the folder is finished, and reported then
         item.pending = self.pipeline.read(fd, st)
         if st.st_nlink > 1:
             if len(self.links) >= MAX_LINKS_REMEMBERED:

@@ -83,12 +83,13 @@ class Pending:
 
 
 class _Batch:
-    __slots__ = ("files", "size", "future")
+    __slots__ = ("files", "size", "future", "results")
 
     def __init__(self) -> None:
         self.files: list[tuple[int, os.stat_result]] = []
         self.size = 0
         self.future: Future[list[ReadResult]] | None = None
+        self.results: list[ReadResult] | None = None  # the future's, once fetched
 
 
 class _Replay:
@@ -170,10 +171,13 @@ class Pipeline:
             raise
 
     def result(self, pending: Pending) -> ReadResult:
-        if pending.batch.future is None:
-            self.submit()
-        assert pending.batch.future is not None
-        return pending.batch.future.result()[pending.index]
+        batch = pending.batch
+        if batch.results is None:
+            if batch.future is None:
+                self.submit()
+            assert batch.future is not None
+            batch.results = batch.future.result()
+        return batch.results[pending.index]
 
     def store(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
         """Store one blob (or, in a dry run, only find out whether it is new); thread-safe."""

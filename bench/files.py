@@ -57,7 +57,10 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     out = subprocess.run(
         ["/usr/bin/time", "-f", "%e %U %S %M", *cmd], env=env, capture_output=True, text=True
     )
-    if out.returncode != 0:
+    # 3 is cairn's "snapshot saved, some files skipped": still a timed backup, but say so.
+    if out.returncode == 3:
+        print(f"warning: some files skipped: {' '.join(cmd)}", file=sys.stderr)
+    elif out.returncode != 0:
         raise SystemExit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
     wall, user, sys_, rss = out.stderr.strip().splitlines()[-1].split()
     return {"wall": float(wall), "cpu": float(user) + float(sys_), "rss_mib": int(rss) / 1024}

@@ -194,3 +194,21 @@ def test_a_file_that_fails_to_read_is_skipped(repo_dir: Path, data: Path, cli: C
     repo = open_repo(repo_dir)
     assert repo.find_snapshot("latest").summary["skipped"] == [[b"/proc/self/mem", "Input/output error"]]
     assert check(repo, CheckOptions(read_data=True)).ok
+
+
+def test_with_json_the_skips_are_messages_too(repo_dir: Path, data: Path, cli: CliRun) -> None:
+    import json
+
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(data / "app.sock"))
+        result = cli("-r", str(repo_dir), "--json", "backup", str(data))
+    finally:
+        sock.close()
+    assert result.exit_code == 3
+    messages = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert messages == [{"message_type": "error", "error": {"message": "is a socket: sockets are not backed up"},
+                         "during": "archival", "item": str(data / "app.sock")}]
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["message_type"] == "summary" and summary["snapshot_id"]
+    assert summary["skipped"] == [{"path": str(data / "app.sock"), "reason": "is a socket: sockets are not backed up"}]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 
 from cairn.files.restore_content import BLOCK, is_zero, write_sparse
-from cairn.files.restore_select import Pattern, Selection
+from cairn.files.restore_select import Pattern, Selection, planned_bytes
+from cairn.files.tree import Node
 
 
 @pytest.mark.parametrize("pattern, path, expected", [
@@ -96,3 +98,17 @@ def test_a_blob_of_data_then_zeros_leaves_a_hole(tmp_path: Path) -> None:
         assert os.fstat(fd).st_blocks * 512 <= 2 * BLOCK
     finally:
         os.close(fd)
+
+
+def test_the_progress_total_counts_what_the_patterns_select_and_each_hard_linked_file_once() -> None:
+    sub = [Node(b"a.txt", "file", size=10, links=(1, 7, 2)), Node(b"b.bin", "file", size=1000)]
+    trees = {b"S" * 32: sub}
+    top = [Node(b"d", "dir", subtree=b"S" * 32), Node(b"c.txt", "file", size=5, links=(1, 7, 2)),
+           Node(b"e.txt", "file", size=100)]
+    everything = Selection()
+    assert planned_bytes(trees.__getitem__, b"", top, True, everything, threading.Event()) == 1105
+    txt = Selection.from_patterns(["*.txt"], ["e.txt"])
+    assert planned_bytes(trees.__getitem__, b"", top, False, txt, threading.Event()) == 5
+    stopped = threading.Event()
+    stopped.set()
+    assert planned_bytes(trees.__getitem__, b"", top, True, everything, stopped) is None

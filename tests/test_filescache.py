@@ -240,3 +240,20 @@ def test_an_index_rewritten_without_a_pack_is_noticed(repo: Repository, source: 
     assert again.bytes_read >= lost_bytes > 0
     for content in _contents(fresh, source):
         assert all(fresh.has_blob(b) for b in content)
+
+
+def test_a_reused_folder_tree_is_what_encoding_would_give(repo: Repository, source: Path) -> None:
+    """Whole folders are reused on stat equality without encoding them: a backup that reads
+    and encodes everything again (--force) must come to the very same tree ids."""
+    os.setxattr(source / "d1" / "f1", b"user.k", b"v")
+    os.symlink("d1/f1", source / "link")
+    os.mkfifo(source / "d2" / "pipe")
+    os.link(source / "d3" / "f0", source / "d4" / "hard")
+    run(repo, source)
+    run(repo, source)  # reading the link (readlink) set its atime once: this run records it
+    reused = run(repo, source)
+    assert reused.dirs_unchanged == 7 and reused.bytes_read == 0
+    reused_tree = node_at(repo, repo.find_snapshot("latest").root, source).subtree
+    forced = run(repo, source, force=True)
+    assert (forced.files_unchanged, forced.dirs_unchanged, forced.parent_id) == (0, 0, None)
+    assert node_at(repo, repo.find_snapshot("latest").root, source).subtree == reused_tree

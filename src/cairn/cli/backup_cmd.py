@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -200,6 +200,7 @@ def command(state: State, paths: tuple[str, ...], tags: tuple[str, ...], host: s
     """
     tune_malloc()
     from cairn.files.excludes import ExcludeOptions, parse_size, read_pattern_file  # the files layer is heavy
+    from cairn.files.chunker import RawReader
     from cairn.ops.backup import BackupOptions, backup, parse_time
 
     out = state.output
@@ -223,7 +224,7 @@ def command(state: State, paths: tuple[str, ...], tags: tuple[str, ...], host: s
         paths=[] if stream else list(paths), host=host, tags=_split_tags(tags), dry_run=dry_run, parent=parent,
         force=force, time=parse_time(when) if when is not None else None, excludes=exclude_options,
         one_file_system=one_file_system, stdin_filename=stdin_filename if stream else None,
-        stdin=sys.stdin.buffer if use_stdin else None, stdin_command=list(paths) if stdin_from_command else None,
+        stdin=cast(RawReader, sys.stdin.buffer) if use_stdin else None, stdin_command=list(paths) if stdin_from_command else None,
         checkpoint_interval=parse_duration(checkpoint_interval),
         scan_totals=out.json_mode or (not out.quiet and is_terminal(sys.stderr)),
     )

@@ -34,6 +34,7 @@ import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal, cast
 
 from pyfastcdc import FastCDC
 
@@ -235,17 +236,17 @@ class Pipeline:
         warning = None
         before = st
         for attempt in (1, 2):
+            # Only errors of the source file become a skipped entry; anything the storage
+            # raises while a chunk is stored propagates and ends the backup.
             try:
                 if attempt == 2:
-                    before = os.fstat(fd)
+                    before = _fstat(fd)
                     if not stat.S_ISREG(before.st_mode):
                         return ReadResult(error="changed into something other than a file during the backup")
                 content, size = self._content(fd, before.st_size)
-                after = os.fstat(fd)
+                after = _fstat(fd)
             except _ReadError as exc:
                 return ReadResult(error=exc.reason)
-            except OSError as exc:
-                return ReadResult(error=reason(exc))
             if (before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
                 after.st_ino, after.st_dev, after.st_size, after.st_mtime_ns, after.st_ctime_ns
             ) and stat.S_ISREG(after.st_mode):
@@ -253,9 +254,9 @@ class Pipeline:
             if attempt == 1:
                 warning = "changed while it was read; read again"
                 try:
-                    os.lseek(fd, 0, os.SEEK_SET)
-                except OSError as exc:
-                    return ReadResult(error=reason(exc))
+                    _rewind(fd)
+                except _ReadError as exc:
+                    return ReadResult(error=exc.reason)
         return ReadResult(error="changed while it was read, twice: not backed up")
 
     def _content(self, fd: int, size_hint: int) -> tuple[list[bytes], int]:
@@ -263,7 +264,7 @@ class Pipeline:
             whole = self._read_whole(fd, size_hint)
             if whole is not None:
                 return self._cut(whole), len(whole)
-            os.lseek(fd, 0, os.SEEK_SET)  # it grew past the limit: stream it from the start
+            _rewind(fd)  # it grew past the limit: stream it from the start
         head = self._read_head(fd, size_hint)
         if len(head) <= self.small:
             return ([self.store(BlobType.DATA, head)] if head else []), len(head)
@@ -370,7 +371,9 @@ class Pipeline:
                     self._chunks.release()
                     raise
         finally:
-            chunks.close()
+            close = getattr(chunks, "close", None)  # a generator: release its buffer now
+            if close is not None:
+                close()
             ids = [f.result() for f in futures]  # also when reading failed: no saver left behind
         return ids, size
 
@@ -385,8 +388,23 @@ class Pipeline:
             self.bytes_read += n
 
 
+def _fstat(fd: int) -> os.stat_result:
+    try:
+        return os.fstat(fd)
+    except OSError as exc:
+        raise _ReadError(exc) from None
+
+
+def _rewind(fd: int) -> None:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError as exc:
+        raise _ReadError(exc) from None
+
+
 def _buffer_cutter(params: ChunkerParams) -> FastCDC:
     """FastCDC with exactly the parameters `Chunker` uses, for cutting a buffer in place
     (`Chunker` only cuts streams); tests/test_backup_pipeline.py checks both cut alike."""
+    normalization = cast(Literal[0, 1, 2, 3], params.normalization)
     return FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size,
-                   normalized_chunking=params.normalization, seed=params.seed)
+                   normalized_chunking=normalization, seed=params.seed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from typing import cast
 
 from cairn.errors import CairnError, UsageError
 from cairn.files.archiver import ArchiveResult
@@ -82,7 +83,7 @@ def _run_command(pipeline: Pipeline, command: list[str]) -> tuple[list[bytes], i
     assert process.stdout is not None
     try:
         with process.stdout:
-            content, size = pipeline.read_stream(process.stdout)
+            content, size = pipeline.read_stream(cast(RawReader, process.stdout))
     except BaseException:
         process.kill()
         process.wait()

@@ -75,6 +75,8 @@ for module in (forget_cmd, prune_cmd, tag_cmd, stats_cmd, copy_cmd, repair_cmd):
     cli.add_command(module.command)
 cli.add_command(image_cmds.image_command)
 cli.add_command(image_cmds.image_restore_command)
+cli.add_command(image_cmds.image_ls_command)
+cli.add_command(image_cmds.image_dump_command)
 
 
 def main() -> None:

@@ -1,0 +1,93 @@
+"""Small, fast versions of the scale checks of bench/scale.py (issue 7).
+
+A million synthetic ids loaded the way `Repository.load_index` loads them: at most 64 bytes of
+memory per blob, every id found where it is, no absent id found, and building the index peaks
+well below three copies of its columns (it is built in place, not by concatenation).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from cairn.repo.index import RECORD_DTYPE, BlobIndex
+
+BLOBS = 1_000_000
+PER_PACK = 2000
+BUDGET = 64
+
+
+@pytest.fixture(scope="module")
+def ids() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 256, size=(BLOBS, 32), dtype=np.uint8)
+    ids[1::1000, :8] = ids[0::1000, :8]  # some ids share their 8-byte search key
+    return ids
+
+
+def records_of(ids: np.ndarray) -> list[tuple[bytes, bytes]]:
+    rows = np.zeros(len(ids), dtype=RECORD_DTYPE)
+    rows["id"] = ids
+    rows["type"] = np.arange(len(ids)) % 2
+    rows["offset"] = np.arange(len(ids)) % PER_PACK * 100
+    rows["length"] = 100
+    rows["raw"] = np.arange(len(ids), dtype=np.uint32)
+    data = rows.tobytes()
+    size = RECORD_DTYPE.itemsize * PER_PACK
+    return [(p.to_bytes(32, "big"), data[p * size:(p + 1) * size]) for p in range(len(ids) // PER_PACK)]
+
+
+@pytest.fixture(scope="module")
+def loaded(ids: np.ndarray) -> tuple[BlobIndex, int]:
+    packs = records_of(ids)
+    tracemalloc.start()
+    try:
+        index = BlobIndex()
+        for pack_id, records in packs:
+            index.add_records(pack_id, records)
+        index.compact()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return index, peak
+
+
+def test_a_million_blobs_fit_in_64_bytes_each(loaded: tuple[BlobIndex, int]) -> None:
+    index, _ = loaded
+    assert len(index) == BLOBS
+    assert index.memory_bytes() / BLOBS <= BUDGET
+
+
+def test_loading_peaks_below_two_copies_of_the_columns(loaded: tuple[BlobIndex, int]) -> None:
+    index, peak = loaded
+    assert peak <= 2 * index.memory_bytes(), peak / BLOBS
+
+
+def test_every_id_is_found_where_it_is(loaded: tuple[BlobIndex, int], ids: np.ndarray) -> None:
+    index, _ = loaded
+    for n in range(BLOBS):
+        entry = index.lookup(ids[n].tobytes())
+        assert entry is not None and entry.raw_length == n, n
+        assert entry.pack_id == (n // PER_PACK).to_bytes(32, "big") and entry.blob_type == n % 2
+
+
+def test_absent_ids_are_not_found(loaded: tuple[BlobIndex, int], ids: np.ndarray) -> None:
+    index, _ = loaded
+    near = ids[:20_000].copy()
+    near[:, 31] ^= 0x5A  # same search key, other remainder
+    random_ids = np.random.default_rng(12).integers(0, 256, size=(20_000, 32), dtype=np.uint8)
+    assert not any(index.lookup(row.tobytes()) is not None for row in (*near, *random_ids))
+
+
+def test_lookups_between_add_records_see_the_records(ids: np.ndarray) -> None:
+    """A lookup before compact() builds the pending records; later ones still work."""
+    index = BlobIndex()
+    packs = records_of(ids[:2 * PER_PACK])
+    index.add_records(*packs[0])
+    assert index.lookup(ids[5].tobytes()) is not None
+    index.add_records(*packs[1])
+    assert len(index) == 2 * PER_PACK
+    assert index.lookup(ids[PER_PACK + 5].tobytes()) is not None
+    assert index.lookup(ids[5].tobytes()) is not None

@@ -4,6 +4,8 @@
   the set ../shared/research/peer-baselines.md measured restic and borg on.
 - ``small``: 100,000 files of 0–4 KiB in 1,000 folders (per-file overhead).
 - ``large``: four 256 MiB files: random, zeros, text-like, half random half repeated.
+- ``linux``: the Linux 6.1 source tree from Debian's linux-source-6.1 package (~80,000 files,
+  the data set of public benchmarks such as deajan/backup-bench); installs the package if needed.
 """
 
 from __future__ import annotations
@@ -49,7 +51,15 @@ def _large(dest: Path) -> None:
             f.write(rng.randbytes(1 << 20) if i % 2 else block)
 
 
-DATASETS: dict[str, Callable[[Path], None]] = {"real": _real, "small": _small, "large": _large}
+def _linux(dest: Path) -> None:
+    tarball = Path("/usr/src/linux-source-6.1.tar.xz")
+    if not tarball.exists():
+        subprocess.run(["apt-get", "install", "-y", "-q", "linux-source-6.1"], check=True)
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-xJf", str(tarball), "-C", str(dest), "--strip-components=1"], check=True)
+
+
+DATASETS: dict[str, Callable[[Path], None]] = {"real": _real, "small": _small, "large": _large, "linux": _linux}
 
 
 def prepare(name: str, root: Path) -> Path:

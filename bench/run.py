@@ -1,0 +1,225 @@
+"""The benchmark suite of issue 7: one command, every scenario, one table of medians and ratios.
+
+    python bench/run.py [--datasets real,linux] [--runs 2] [--tools cairn,restic,borg]
+                        [--images] [--image-size-mib 1024] [--json out.json]
+
+File backups, per data set (bench/datasets.py), each run of each tool on a fresh copy with a
+fresh repository, tools alternating within a run so machine noise hits all alike: first backup,
+unchanged re-backup, re-backup after 1% of files changed, full restore, single-file restore
+(the largest file), check reading all data, forget the oldest of the three snapshots + prune.
+Commands and timing are bench/files.py's (GNU time: wall, CPU = user+sys, peak RSS).
+
+Images (--images, needs root): bench/image_bench.py's partition pair (ext4, half full, then
+changed), cairn (4 MiB chunks, in-process) beside `partclone | zstd` and `dd | zstd`: first
+image, second image, full restore, and cairn's delta restore.
+
+The table shows, per scenario and metric, the median of each tool and cairn/peer ratios (below
+1: cairn is better). On a shared machine absolute seconds mean little; ratios are the result.
+The load average at start and end is recorded with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from datasets import DATASETS, prepare  # noqa: E402
+from files import PASSWORD, change_one_percent, du, timed, tool_commands  # noqa: E402
+
+Result = dict[str, float]
+FILE_SCENARIOS = ("first", "unchanged", "changed_1pct", "restore", "restore_one", "check_read", "forget_prune")
+METRICS = ("wall", "cpu", "rss_mib", "repo_bytes", "restored_bytes", "files_per_s", "mb_per_s")
+
+
+def extra_commands(tool: str, repo: Path, cache: Path, one_file: Path, target: Path) -> dict[str, list[str]]:
+    """The scenarios bench/files.py does not run: single-file restore, check, forget+prune."""
+    if tool == "cairn":
+        base = [sys.executable, "-m", "cairn", "-q", "-r", str(repo)]
+        return {
+            "restore_one": [*base, "restore", f"latest:{one_file}", "--target", str(target)],
+            "check_read": [*base, "check", "--read-data"],
+            "forget": [*base, "forget", "--keep-last", "2"],
+            "prune": [*base, "prune"],
+        }
+    if tool == "restic":
+        base = ["restic", "-r", str(repo), "--cache-dir", str(cache), "-q"]
+        return {
+            "restore_one": [*base, "restore", "latest", "--target", str(target), "--include", str(one_file)],
+            "check_read": [*base, "check", "--read-data"],
+            "forget": [*base, "forget", "--keep-last", "2"],
+            "prune": [*base, "prune"],
+        }
+    if tool == "borg":
+        last = f'"{repo}::$(borg list --short --last 1 "{repo}")"'
+        return {
+            "restore_one": ["sh", "-c", f'cd "{target}" && borg extract {last} "{str(one_file).lstrip("/")}"'],
+            "check_read": ["borg", "check", "--verify-data", str(repo)],
+            "forget": ["borg", "prune", "--keep-last", "2", str(repo)],
+            "prune": ["borg", "compact", str(repo)],
+        }
+    raise ValueError(tool)
+
+
+def du_empty(folder: Path) -> int:
+    """What `du -sb` counts for the folders alone (so that restored_bytes is file bytes)."""
+    return sum(4096 for p in [folder, *folder.rglob("*")] if p.is_dir())
+
+
+def largest_file(data: Path) -> Path:
+    files = (p for p in data.rglob("*") if p.is_file() and not p.is_symlink())
+    return max(files, key=lambda p: (p.stat().st_size, str(p)))
+
+
+def run_files(tool: str, source: Path, work: Path, count: int, size: int) -> dict[str, Result]:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    data, repo, cache = work / "data", work / "repo", work / "cache"
+    targets = {name: work / name for name in ("restore", "restore_one")}
+    subprocess.run(["cp", "-a", str(source), str(data)], check=True)
+    for t in targets.values():
+        t.mkdir()
+    env = dict(os.environ, CAIRN_PASSWORD=PASSWORD, RESTIC_PASSWORD=PASSWORD, BORG_PASSPHRASE=PASSWORD,
+               BORG_BASE_DIR=str(cache), XDG_CACHE_HOME=str(cache), HOME=str(work),
+               PYTHONPATH=str(HERE.parent / "src"))
+    cmds = tool_commands(tool, repo, cache, data, targets["restore"])
+    extra = extra_commands(tool, repo, cache, largest_file(data), targets["restore_one"])
+    subprocess.run(cmds["init"], env=env, check=True, capture_output=True)
+    subprocess.run(["sh", "-c", f'tar cf - "{data}" | cat > /dev/null'], check=True, stderr=subprocess.DEVNULL)
+    out: dict[str, Result] = {}
+    for name in ("first", "unchanged", "changed_1pct"):
+        if name == "changed_1pct":
+            change_one_percent(data)
+        out[name] = timed(cmds["backup"], env)
+        out[name]["repo_bytes"] = du(repo)
+        out[name]["files_per_s"] = count / out[name]["wall"]
+        out[name]["mb_per_s"] = size / 1e6 / out[name]["wall"]
+    subprocess.run(["sync"], check=True)
+    out["restore"] = timed(cmds["restore"], env)
+    out["restore"]["mb_per_s"] = du(targets["restore"]) / 1e6 / out["restore"]["wall"]
+    out["restore_one"] = timed(extra["restore_one"], env)
+    out["restore_one"]["restored_bytes"] = du(targets["restore_one"]) - du_empty(targets["restore_one"])
+    out["check_read"] = timed(extra["check_read"], env)
+    forget, prune = timed(extra["forget"], env), timed(extra["prune"], env)
+    out["forget_prune"] = {
+        "wall": forget["wall"] + prune["wall"], "cpu": forget["cpu"] + prune["cpu"],
+        "rss_mib": max(forget["rss_mib"], prune["rss_mib"]), "repo_bytes": du(repo),
+    }
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def run_images(size_mib: int, runs: int) -> dict[str, list[Result]]:
+    import image_bench
+
+    results: dict[str, list[Result]] = {}
+    with tempfile.TemporaryDirectory(prefix="cairn-run-image-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        first, second = image_bench.make_partitions(work, size_mib << 20, (size_mib // 2) << 20, max(4, size_mib // 50) << 20)
+        for p in (first, second):
+            subprocess.run(["cat", str(p)], stdout=subprocess.DEVNULL, check=True)
+        for _ in range(runs):
+            for name, bench in (("partclone|zstd", image_bench.bench_partclone), ("dd|zstd", image_bench.bench_dd)):
+                print(f"image: {name}", file=sys.stderr)
+                results.setdefault(name, []).append(bench(work, first, second))
+            print("image: cairn", file=sys.stderr)
+            results.setdefault("cairn", []).append(image_bench.bench_cairn(work, first, second, 4 << 20, restore_runs=1))
+    return results
+
+
+def medians(runs: list[dict]) -> dict:
+    if runs and isinstance(runs[0].get(next(iter(runs[0]))), dict):
+        return {s: medians([r[s] for r in runs]) for s in runs[0]}
+    return {k: statistics.median(r[k] for r in runs if k in r) for k in runs[0]}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def table(title: str, med: dict[str, dict], scenarios: list[str], metrics: tuple[str, ...]) -> list[dict]:
+    """Print one table; return its rows (for the JSON)."""
+    tools = list(med)
+    peers = [t for t in tools if t != "cairn"]
+    print(f"\n== {title}")
+    print(f"{'scenario':<16}{'metric':<13}" + "".join(f"{t:>15}" for t in tools) + "".join(f"{'cairn/' + p:>17}" for p in peers))
+    rows = []
+    for s in scenarios:
+        for m in metrics:
+            values = {t: med[t].get(s, {}).get(m) for t in tools}
+            if all(v is None for v in values.values()):
+                continue
+            row = {"scenario": s, "metric": m, **values, **{f"cairn/{p}": ratio(values.get("cairn"), values[p]) for p in peers}}
+            rows.append(row)
+            cells = "".join(f"{'-' if v is None else f'{v:.4g}':>15}" for v in values.values())
+            cells += "".join(f"{'-' if row[f'cairn/{p}'] is None else row[f'cairn/{p}']:>17}" for p in peers)
+            print(f"{s:<16}{m:<13}" + cells)
+    return rows
+
+
+def image_table(results: dict[str, list[Result]]) -> list[dict]:
+    med = {t: {"image": {}} for t in results}
+    for tool, runs in results.items():
+        m = medians(runs)
+        for key, value in m.items():
+            scenario, _, metric = key.partition("_")
+            med[tool].setdefault(scenario, {})[metric or "value"] = value
+    scenarios = ["image1", "image2", "restore", "delta"]
+    metrics = ("s", "cpu", "bytes", "full_s", "delta_s", "sparse_s", "x", "written")
+    return table("images", med, scenarios, metrics)
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="real")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--tools", default="cairn,restic,borg")
+    parser.add_argument("--images", action="store_true")
+    parser.add_argument("--image-size-mib", type=int, default=1024)
+    parser.add_argument("--workdir", default="/var/tmp/cairn-bench")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    tools = [t for t in args.tools.split(",") if t == "cairn" or shutil.which(t)]
+    report: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "load_start": loadavg(),
+                    "cpus": os.cpu_count(), "tools": tools, "files": {}, "tables": {}}
+    for name in args.datasets.split(","):
+        if name not in DATASETS:
+            raise SystemExit(f"unknown data set {name}")
+        source = prepare(name, Path(args.workdir) / "datasets")
+        count = sum(1 for p in source.rglob("*") if p.is_file() and not p.is_symlink())
+        size = du(source)
+        raw: dict[str, list] = {t: [] for t in tools}
+        for run in range(args.runs):
+            for tool in tools:
+                print(f"{name} run {run + 1}/{args.runs}: {tool}", file=sys.stderr)
+                raw[tool].append(run_files(tool, source, Path(args.workdir) / "work", count, size))
+        med = {t: medians(r) for t, r in raw.items()}
+        report["files"][name] = {"files": count, "bytes": size, "runs": raw, "medians": med}
+        report["tables"][name] = table(f"{name}: {count} files, {size / 1e6:.0f} MB", med, list(FILE_SCENARIOS), METRICS)
+    if args.images:
+        images = run_images(args.image_size_mib, args.runs)
+        report["images"] = images
+        report["tables"]["images"] = image_table(images)
+    report["load_end"] = loadavg()
+    print(f"\nload average: start {report['load_start']}, end {report['load_end']}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

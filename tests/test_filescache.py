@@ -200,6 +200,8 @@ def test_a_verified_parent_skips_the_check_per_blob(repo: Repository, source: Pa
     again = run(repo, source)
     # the record says every blob is still indexed (trees above `source` may be stored anew)
     assert again.bytes_read == 0 and not content & set(asked)
+    # and the packs holding them are still declared as relied on, for a prune running beside
+    assert {repo.index.lookup(b).pack_id for b in content} <= repo.relied.relied  # type: ignore[union-attr]
     # a record that cannot be trusted (here: gone) means one check per reused blob again
     for record in (Path(os.environ["XDG_CACHE_HOME"]) / "cairn").rglob("verified/*"):
         record.unlink()

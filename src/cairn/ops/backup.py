@@ -162,7 +162,10 @@ def backup(
                 raise UsageError("--stdin needs a stream to read")
             result = archive_stream(repo, source, options.stdin_filename, time_ns, options.dry_run)
         else:
-            indexed = parent is not None and resumed is None and verified.still_indexed(parent.id)
+            relied = verified.still_indexed(parent.id) if parent is not None and resumed is None else None
+            indexed = relied is not None
+            for pack_id in relied or ():
+                repo.relied.rely(pack_id)  # what the skipped index lookups would have declared
             result = _archive_files(repo, options, paths, excluder, parent, resumed, indexed, store, progress)
         duration = time.monotonic() - start
         snapshot_id = None
@@ -176,7 +179,7 @@ def backup(
             )
             snapshot_id = repo.save_snapshot(snapshot)
             store.clear()
-            verified.record(snapshot_id, previous=parent.id if parent is not None else None)
+            verified.record(snapshot_id, repo.relied.relied, previous=parent.id if parent is not None else None)
     return BackupResult(
         snapshot_id=snapshot_id, parent_id=parent.id if parent is not None else None,
         files=result.files, dirs=result.dirs, bytes_read=result.bytes_read, bytes_added=result.bytes_added,

@@ -91,6 +91,28 @@ class _Segment:
     def __len__(self) -> int:
         return len(self.key)
 
+    @classmethod
+    def merge(cls, older: _Segment, newer: _Segment) -> _Segment:
+        """Both sorted: place each row by one `searchsorted`, no re-sort. Column by column, each
+        of the inputs' columns is dropped as soon as it is copied, so a merge peaks near one
+        copy of the columns plus the largest column, not three copies. For equal keys older
+        rows come first, as a stable sort of older + newer would put them."""
+        n = len(older) + len(newer)
+        at_new = np.searchsorted(older.key, newer.key, side="right") + np.arange(len(newer))
+        from_older = np.ones(n, dtype=bool)
+        from_older[at_new] = False
+        seg = cls.__new__(cls)
+        for name in cls.__slots__:
+            a, b = getattr(older, name), getattr(newer, name)
+            out = np.empty((n, *a.shape[1:]), dtype=a.dtype)
+            out[at_new] = b
+            out[from_older] = a
+            setattr(seg, name, out)
+            setattr(older, name, out[:0])  # drop the input column now: older and newer are spent
+            setattr(newer, name, out[:0])
+            del a, b
+        return seg
+
     def columns(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in self.__slots__}
 
@@ -177,8 +199,7 @@ class BlobIndex:
         # the number of segments logarithmic in the number of entries.
         while len(self._segments) > 1 and 2 * len(self._segments[-1]) >= len(self._segments[-2]):
             newer, older = self._segments.pop(), self._segments.pop()
-            a, b = older.columns(), newer.columns()
-            self._segments.append(_Segment({k: np.concatenate([a[k], b[k]]) for k in a}))
+            self._segments.append(_Segment.merge(older, newer))
 
     def compact(self) -> None:
         """Freeze pending entries and merge everything into one segment (after a bulk load)."""
@@ -186,8 +207,7 @@ class BlobIndex:
         self._freeze()
         while len(self._segments) > 1:
             newer, older = self._segments.pop(), self._segments.pop()
-            a, b = older.columns(), newer.columns()
-            self._segments.append(_Segment({k: np.concatenate([a[k], b[k]]) for k in a}))
+            self._segments.append(_Segment.merge(older, newer))
 
     def __contains__(self, blob_id: bytes) -> bool:
         return self.lookup(blob_id) is not None

@@ -150,10 +150,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def table(title: str, med: dict[str, dict], scenarios: list[str], metrics: tuple[str, ...]) -> list[dict]:
     """Print one table; return its rows (for the JSON)."""
-    tools = list(med)
+    tools = sorted(med, key=lambda t: t != "cairn")  # cairn first
     peers = [t for t in tools if t != "cairn"]
+    w = max(14, *(len(t) for t in tools)) + 2
     print(f"\n== {title}")
-    print(f"{'scenario':<16}{'metric':<13}" + "".join(f"{t:>15}" for t in tools) + "".join(f"{'cairn/' + p:>17}" for p in peers))
+    print(f"{'scenario':<16}{'metric':<13}" + "".join(f"{t:>{w}}" for t in tools) + "".join(f"{'cairn/' + p:>{w + 6}}" for p in peers))
     rows = []
     for s in scenarios:
         for m in metrics:
@@ -162,8 +163,8 @@ def table(title: str, med: dict[str, dict], scenarios: list[str], metrics: tuple
                 continue
             row = {"scenario": s, "metric": m, **values, **{f"cairn/{p}": ratio(values.get("cairn"), values[p]) for p in peers}}
             rows.append(row)
-            cells = "".join(f"{'-' if v is None else f'{v:.4g}':>15}" for v in values.values())
-            cells += "".join(f"{'-' if row[f'cairn/{p}'] is None else row[f'cairn/{p}']:>17}" for p in peers)
+            cells = "".join(f"{'-' if values[t] is None else f'{values[t]:.4g}':>{w}}" for t in tools)
+            cells += "".join(f"{'-' if row[f'cairn/{p}'] is None else row[f'cairn/{p}']:>{w + 6}}" for p in peers)
             print(f"{s:<16}{m:<13}" + cells)
     return rows
 

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
+# CAIRN_BENCH_SRC: another source tree (e.g. `git archive <commit> src`), for before/after runs.
+sys.path.insert(0, os.environ.get("CAIRN_BENCH_SRC", str(HERE.parent / "src")))
 sys.path.insert(0, str(HERE))
 
 PER_PACK = 2000  # blobs per pack: ~1 MiB packs of ~500-byte blobs

@@ -14,11 +14,15 @@ AES-GCM), so two cores stay busy. Small files go in batches of up to 64 files / 
 task each: a thread-pool hand-off costs about as much Python time as reading a 4 KiB file, and
 most files are small (48,000 of the 48,600 files of /usr are under 256 KiB).
 
-Memory is bounded whatever the file sizes: at most IN_FLIGHT_TASKS batches or big files are
-queued (each batch holds at most BATCH_BYTES), and at most IN_FLIGHT_CHUNKS chunks (each at
-most the chunker's maximum size, 4 MiB by default) wait for or sit in a saver. Big files have
-one reader of their own because the chunker allocates a buffer of twice the maximum chunk size
-(8 MiB) per reader; one reader already cuts chunks far faster than the savers store them.
+Memory is bounded whatever the file sizes: at most IN_FLIGHT_BATCHES batches (each at most
+BATCH_BYTES) and IN_FLIGHT_BIG big files are queued, and at most IN_FLIGHT_CHUNKS chunks (each
+at most the chunker's maximum size, 4 MiB by default) wait for or sit in a saver. Big files
+have one reader of their own because the chunker allocates a buffer of twice the maximum chunk
+size (8 MiB) per reader; one reader already cuts chunks far faster than the savers store them.
+Their slots are separate from the small files' so that a queue of big files never leaves the
+small-file readers idle, and the big-file reader does not wait for a file's chunks to be stored
+before reading the next file (the walk collects the chunk ids when it finishes the folder):
+measured with py-spy, waiting there left the savers idle 60 % of a first backup of /usr.
 
 A file that changes while it is read (its size, mtime or ctime differ between the fstat before
 and the one after reading) is read once more from the start; if it changes again it is skipped
@@ -46,7 +50,8 @@ from cairn.repo.repository import Repository
 
 READERS = 2
 SAVERS = max(2, min(4, os.cpu_count() or 2))
-IN_FLIGHT_TASKS = 3 * READERS
+IN_FLIGHT_BATCHES = 3 * READERS
+IN_FLIGHT_BIG = 32  # a queued big file holds only its descriptor until its reader gets to it
 IN_FLIGHT_CHUNKS = SAVERS + 1
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
@@ -67,6 +72,9 @@ class ReadResult:
     error: str | None = None
     """Why the file is not in the snapshot (it is then listed as skipped)."""
     warning: str | None = None
+    stored: list[Future[bytes]] = field(default_factory=list)
+    """For a file cut into chunks: the savers' futures, in order, until `Pipeline.result`
+    turns them into `content`."""
 
 
 class Pending:
@@ -129,7 +137,8 @@ class Pipeline:
         self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="cairn-read")
         self._big = ThreadPoolExecutor(1, thread_name_prefix="cairn-read-big")
         self._savers = ThreadPoolExecutor(SAVERS, thread_name_prefix="cairn-save")
-        self._tasks = threading.BoundedSemaphore(IN_FLIGHT_TASKS)
+        self._batches = threading.BoundedSemaphore(IN_FLIGHT_BATCHES)
+        self._bigs = threading.BoundedSemaphore(IN_FLIGHT_BIG)
         self._chunks = threading.BoundedSemaphore(IN_FLIGHT_CHUNKS)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -154,31 +163,36 @@ class Pipeline:
             return pending
         single = _Batch()
         single.files.append((fd, st))
-        self._submit(single, self._big)
+        self._submit(single, self._big, self._bigs)
         return Pending(single, 0)
 
     def submit(self) -> None:
         """Hand the batch of small files collected so far to a reader."""
         if self._batch.files:
             batch, self._batch = self._batch, _Batch()
-            self._submit(batch, self._readers)
+            self._submit(batch, self._readers, self._batches)
 
-    def _submit(self, batch: _Batch, pool: ThreadPoolExecutor) -> None:
-        self._tasks.acquire()
+    def _submit(self, batch: _Batch, pool: ThreadPoolExecutor, slots: threading.BoundedSemaphore) -> None:
+        slots.acquire()
         try:
-            batch.future = pool.submit(self._run, batch)
+            batch.future = pool.submit(self._run, batch, slots)
         except BaseException:
-            self._tasks.release()
+            slots.release()
             raise
 
     def result(self, pending: Pending) -> ReadResult:
+        """The read file's result, its chunks stored (waits for the reader and the savers)."""
         batch = pending.batch
         if batch.results is None:
             if batch.future is None:
                 self.submit()
             assert batch.future is not None
             batch.results = batch.future.result()
-        return batch.results[pending.index]
+        result = batch.results[pending.index]
+        if result.stored:
+            result.content = [f.result() for f in result.stored]
+            result.stored = []
+        return result
 
     def store(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
         """Store one blob (or, in a dry run, only find out whether it is new); thread-safe."""
@@ -208,7 +222,7 @@ class Pipeline:
 
     # -- reader threads -------------------------------------------------------------------
 
-    def _run(self, batch: _Batch) -> list[ReadResult]:
+    def _run(self, batch: _Batch, slots: threading.BoundedSemaphore) -> list[ReadResult]:
         try:
             results = []
             for i, (fd, st) in enumerate(batch.files):
@@ -224,7 +238,7 @@ class Pipeline:
             for fd, _ in batch.files:
                 if fd >= 0:
                     os.close(fd)
-            self._tasks.release()
+            slots.release()
 
     def _read_file(self, fd: int, st: os.stat_result) -> ReadResult:
         """Read one file, twice at most (see the module docstring).
@@ -243,14 +257,14 @@ class Pipeline:
                     before = _fstat(fd)
                     if not stat.S_ISREG(before.st_mode):
                         return ReadResult(error="changed into something other than a file during the backup")
-                content, size = self._content(fd, before.st_size)
+                content, stored, size = self._content(fd, before.st_size)
                 after = _fstat(fd)
             except _ReadError as exc:
                 return ReadResult(error=exc.reason)
             if (before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
                 after.st_ino, after.st_dev, after.st_size, after.st_mtime_ns, after.st_ctime_ns
             ) and stat.S_ISREG(after.st_mode):
-                return ReadResult(content, size, before.st_mtime_ns, before.st_ctime_ns, warning=warning)
+                return ReadResult(content, size, before.st_mtime_ns, before.st_ctime_ns, warning=warning, stored=stored)
             if attempt == 1:
                 warning = "changed while it was read; read again"
                 try:
@@ -259,17 +273,19 @@ class Pipeline:
                     return ReadResult(error=exc.reason)
         return ReadResult(error="changed while it was read, twice: not backed up")
 
-    def _content(self, fd: int, size_hint: int) -> tuple[list[bytes], int]:
+    def _content(self, fd: int, size_hint: int) -> tuple[list[bytes], list[Future[bytes]], int]:
+        """(ids of a small file, stored here; or the savers' futures of a chunked one; size)."""
         if self.small < size_hint <= self.whole:
             whole = self._read_whole(fd, size_hint)
             if whole is not None:
-                return self._cut(whole), len(whole)
+                return [], self._cut(whole), len(whole)
             _rewind(fd)  # it grew past the limit: stream it from the start
         head = self._read_head(fd, size_hint)
         if len(head) <= self.small:
-            return ([self.store(BlobType.DATA, head)] if head else []), len(head)
+            return ([self.store(BlobType.DATA, head)] if head else []), [], len(head)
         with io.FileIO(fd, "rb", closefd=False) as rest:
-            return self._chunked(rest, head)
+            stored, size = self._chunked(rest, head)
+            return [], stored, size
 
     def _read_whole(self, fd: int, size: int) -> bytes | None:
         """A medium file in one buffer of its own size, or None if it is bigger than `whole`.
@@ -293,7 +309,7 @@ class Pipeline:
             return None
         return data
 
-    def _cut(self, data: bytes) -> list[bytes]:
+    def _cut(self, data: bytes) -> list[Future[bytes]]:
         cutter = getattr(self._local, "cutter", None)
         if cutter is None:
             cutter = self._local.cutter = _buffer_cutter(self.params)
@@ -305,16 +321,17 @@ class Pipeline:
             except BaseException:
                 self._chunks.release()
                 raise
-        return [f.result() for f in futures]
+        return futures
 
     def read_stream(self, stream: RawReader) -> tuple[list[bytes], int]:
         """Chunk and store a whole stream (standard input, a command's output) from the calling
         thread, the savers storing in parallel; returns (content ids, size). A read error raises
         OSError: a stream cannot be skipped like a file."""
         try:
-            return self._chunked(stream, b"")
+            stored, size = self._chunked(stream, b"")
         except _ReadError as exc:
             raise OSError(exc.reason) from None
+        return [f.result() for f in stored], size
 
     def _read_head(self, fd: int, size_hint: int) -> bytes:
         """Up to `small` + 1 bytes: a small file in one read of its size plus one byte.
@@ -342,7 +359,9 @@ class Pipeline:
         self._count(total)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _chunked(self, rest: RawReader, head: bytes) -> tuple[list[bytes], int]:
+    def _chunked(self, rest: RawReader, head: bytes) -> tuple[list[Future[bytes]], int]:
+        """Cut a stream into chunks handed to the savers; returns their futures (not waited
+        for: see the module docstring) and the size."""
         chunker = getattr(self._local, "chunker", None)
         if chunker is None:
             chunker = self._local.chunker = Chunker(self.params)
@@ -374,8 +393,7 @@ class Pipeline:
             close = getattr(chunks, "close", None)  # a generator: release its buffer now
             if close is not None:
                 close()
-            ids = [f.result() for f in futures]  # also when reading failed: no saver left behind
-        return ids, size
+        return futures, size
 
     def _save_chunk(self, chunk: bytes | memoryview) -> bytes:
         try:

@@ -181,6 +181,16 @@ def image_table(results: dict[str, list[Result]]) -> list[dict]:
     return table("images", med, scenarios, metrics)
 
 
+def markdown(rows: list[dict]) -> str:
+    """A table's rows (from the JSON) as a Markdown table, for docs/PERFORMANCE.md."""
+    cols = [k for k in rows[0] if k not in ("scenario", "metric")]
+    lines = ["| scenario | metric | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+    for row in rows:
+        cells = ["-" if row[c] is None else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols]
+        lines.append(f"| {row['scenario']} | {row['metric']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
@@ -194,7 +204,14 @@ def main() -> None:
     parser.add_argument("--image-size-mib", type=int, default=1024)
     parser.add_argument("--workdir", default="/var/tmp/cairn-bench")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path, metavar="JSON", help="print the tables of an earlier run's JSON as Markdown")
     args = parser.parse_args()
+    if args.markdown:
+        report = json.loads(args.markdown.read_text())
+        for title, rows in report["tables"].items():
+            print(f"\n{title} (load average {report['load_start']} -> {report['load_end']}, {report['date']})\n")
+            print(markdown(rows))
+        return
     tools = [t for t in args.tools.split(",") if t == "cairn" or shutil.which(t)]
     report: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "load_start": loadavg(),
                     "cpus": os.cpu_count(), "tools": tools, "files": {}, "tables": {}}

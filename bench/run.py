@@ -184,7 +184,7 @@ def image_table(results: dict[str, list[Result]]) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     """A table's rows (from the JSON) as a Markdown table, for docs/PERFORMANCE.md."""
     cols = [k for k in rows[0] if k not in ("scenario", "metric")]
-    lines = ["| scenario | metric | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+    lines = ["| scenario | metric | " + " | ".join(c.replace("|", "\\|") for c in cols) + " |", "|---|---|" + "---:|" * len(cols)]
     for row in rows:
         cells = ["-" if row[c] is None else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols]
         lines.append(f"| {row['scenario']} | {row['metric']} | " + " | ".join(cells) + " |")

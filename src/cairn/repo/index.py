@@ -7,7 +7,7 @@ byte. New entries collect in a small dict and are frozen into a segment when it 
 of similar size are merged (log-structured), so a lookup searches a handful of sorted arrays.
 A bulk load (`add_records` per pack, then `compact`, as `Repository.load_index` does) keeps the
 caller's packed records and builds them into one segment in place at the first lookup: loading
-10 million blobs peaks at about 81 bytes per blob above the records, not 162 (bench/scale.py).
+10 million blobs peaks at about 81 bytes per blob above the records, not 165 (bench/scale.py).
 
 Index objects in storage (docs/FORMAT.md, "Index objects") list, per pack, packed 45-byte records.
 """

@@ -170,7 +170,7 @@ def table(title: str, med: dict[str, dict], scenarios: list[str], metrics: tuple
 
 
 def image_table(results: dict[str, list[Result]]) -> list[dict]:
-    med = {t: {"image": {}} for t in results}
+    med: dict[str, dict[str, dict[str, float]]] = {t: {} for t in results}
     for tool, runs in results.items():
         m = medians(runs)
         for key, value in m.items():
@@ -207,9 +207,9 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, metavar="JSON", help="print the tables of an earlier run's JSON as Markdown")
     args = parser.parse_args()
     if args.markdown:
-        report = json.loads(args.markdown.read_text())
-        for title, rows in report["tables"].items():
-            print(f"\n{title} (load average {report['load_start']} -> {report['load_end']}, {report['date']})\n")
+        earlier = json.loads(args.markdown.read_text())
+        for title, rows in earlier["tables"].items():
+            print(f"\n{title} (load average {earlier['load_start']} -> {earlier['load_end']}, {earlier['date']})\n")
             print(markdown(rows))
         return
     tools = [t for t in args.tools.split(",") if t == "cairn" or shutil.which(t)]

@@ -26,6 +26,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cairn.repo.index import BlobIndex
 
 HERE = Path(__file__).resolve().parent
 # CAIRN_BENCH_SRC: another source tree (e.g. `git archive <commit> src`), for before/after runs.
@@ -59,7 +65,7 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5\n")
 
 
-def _records(rng: "np.random.Generator", n: int) -> "tuple[np.ndarray, bytes]":  # noqa: F821
+def _records(rng: np.random.Generator, n: int) -> tuple[np.ndarray, bytes]:
     import numpy as np
 
     from cairn.repo.index import RECORD_DTYPE
@@ -73,7 +79,7 @@ def _records(rng: "np.random.Generator", n: int) -> "tuple[np.ndarray, bytes]": 
     return rows["id"].copy(), rows.tobytes()
 
 
-def lookup_rates(index: object, ids: "np.ndarray", samples: int, seed: int) -> dict[str, float]:  # noqa: F821
+def lookup_rates(index: BlobIndex, ids: np.ndarray, samples: int, seed: int) -> dict[str, float]:
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -81,10 +87,10 @@ def lookup_rates(index: object, ids: "np.ndarray", samples: int, seed: int) -> d
     hits = [bytes(row) for row in picks]
     misses = [bytes(row) for row in rng.integers(0, 256, size=(samples, 32), dtype=np.uint8)]
     start = time.perf_counter()
-    found = sum(1 for h in hits if index.lookup(h) is not None)  # type: ignore[attr-defined]
+    found = sum(1 for h in hits if index.lookup(h) is not None)
     hit_s = time.perf_counter() - start
     start = time.perf_counter()
-    wrong = sum(1 for m in misses if index.lookup(m) is not None)  # type: ignore[attr-defined]
+    wrong = sum(1 for m in misses if index.lookup(m) is not None)
     miss_s = time.perf_counter() - start
     assert found == samples, f"{samples - found} ids not found"
     assert wrong == 0, f"{wrong} absent ids found"

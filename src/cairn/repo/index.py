@@ -50,6 +50,13 @@ class _Segment:
     """Immutable sorted columns."""
 
     __slots__ = ("key", "rest", "pack", "offset", "length", "raw", "type")
+    key: np.ndarray
+    rest: np.ndarray
+    pack: np.ndarray
+    offset: np.ndarray
+    length: np.ndarray
+    raw: np.ndarray
+    type: np.ndarray
 
     def __init__(self, cols: dict[str, np.ndarray]) -> None:
         order = np.argsort(cols["key"], kind="stable")

@@ -28,12 +28,15 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No CAIRN_* from the caller's shell; a private XDG_DATA_HOME (returned)."""
+    """No CAIRN_* from the caller's shell; a private XDG_DATA_HOME (returned) and XDG_CACHE_HOME."""
     for name in list(os.environ):
         if name.startswith("CAIRN_"):
             monkeypatch.delenv(name)
     data_home = tmp_path_factory.mktemp("xdg-data")
     monkeypatch.setenv("XDG_DATA_HOME", str(data_home))
+    # The files cache and checkpoints live under XDG_CACHE_HOME: keep each test's apart, and
+    # out of the real ~/.cache.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     return data_home
 
 

@@ -17,9 +17,11 @@ from cairn.files.restore_content import ZeroBlobs
 from cairn.files.restorer import RestoreProgress
 from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.restore import RestoreOptions, find_node, restore
+from cairn.repo.blob import BlobType
+from cairn.repo.pack import object_name
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
-from conftest import FAST_KDF, CliRun
+from conftest import FAST_KDF, PASSWORD, CliRun
 from test_restore_support import MiB, T0, rsync_differences
 
 FILES = 40
@@ -283,14 +285,17 @@ def test_restore_of_a_read_only_folder_and_unreadable_file_as_root_or_not(
 def test_the_command_names_each_damaged_file_and_exits_13(cli: CliRun, repo_dir: Path, src: Path,
                                                           tmp_path: Path) -> None:
     assert cli("-r", str(repo_dir), "backup", str(src)).exit_code == 0
-    big = max((p for p in (repo_dir / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    os.chmod(big, 0o644)
-    with open(big, "r+b") as f:  # every blob in the biggest pack is damaged
-        data = bytearray(f.read())
-        for at in range(100, len(data) - 4096, 4096):
-            data[at] ^= 1
-        f.seek(0)
-        f.write(data)
+    repo = Repository.open(LocalBackend(repo_dir), PASSWORD.encode())
+    repo.load_index()
+    data_blobs = [e for e in repo.index if e.blob_type == BlobType.DATA]
+    for entry in data_blobs:  # every file's content is damaged; the trees are intact
+        path = repo_dir / object_name(entry.pack_id)
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            f.seek(entry.offset + entry.length // 2)
+            byte = f.read(1)
+            f.seek(entry.offset + entry.length // 2)
+            f.write(bytes([byte[0] ^ 1]))
     result = cli("-r", str(repo_dir), "restore", f"latest:{src}", "--target", str(tmp_path / "out"))
     assert result.exit_code == 13
     failed = [line for line in result.stderr.splitlines() if line.startswith("cairn: warning: failed ")]

@@ -7,6 +7,7 @@ associated data is the blob's type byte and id, so a blob cannot be passed off a
 from __future__ import annotations
 
 import sys
+import threading
 from enum import IntEnum
 
 if sys.version_info >= (3, 14):
@@ -36,6 +37,22 @@ def blob_aad(blob_type: int, blob_id: bytes) -> bytes:
     return bytes([blob_type]) + blob_id
 
 
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstd.ZstdCompressor:
+    """One compressor per thread and level: making a fresh one costs ~10 µs, which is most of
+    the compression time of a small file's blob (reused: ~1.5 µs). Each call ends its frame, so
+    a reused compressor's frames are independent."""
+    cached = getattr(_local, "compressors", None)
+    if cached is None:
+        cached = _local.compressors = {}
+    compressor = cached.get(level)
+    if compressor is None:
+        compressor = cached[level] = zstd.ZstdCompressor(level=level)
+    return compressor
+
+
 def seal_blob(
     sealer: Sealer, hasher: BlobHasher, blob_type: int, blob_id: bytes, data: bytes | memoryview, level: int
 ) -> bytes:
@@ -44,7 +61,7 @@ def seal_blob(
     The check costs one decryption and decompression per blob; it turns a bug in a compression
     or crypto library into an error now rather than a silently unrestorable backup later.
     """
-    compressed = zstd.compress(data, level=level) if len(data) >= 64 else b""
+    compressed = _compressor(level).compress(data, mode=zstd.ZstdCompressor.FLUSH_FRAME) if len(data) >= 64 else b""
     if compressed and len(compressed) <= len(data) - (len(data) >> MIN_SAVING_SHIFT):
         plaintext = bytes([ZSTD]) + compressed
     else:

@@ -270,7 +270,8 @@ class Repository:
 
     def lookup(self, blob_id: bytes) -> IndexEntry:
         self.load_index()
-        entry = self.index.lookup(blob_id)
+        with self._mutex:  # savers add to the index (and merge its segments) meanwhile
+            entry = self.index.lookup(blob_id)
         if entry is None:
             raise NotFound(f"blob {blob_id.hex()[:12]} is not in the index")
         return entry

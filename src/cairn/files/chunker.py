@@ -23,7 +23,7 @@ class RawReader(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
-class _Replay:
+class Replay:
     """A reader that first returns `head`, then continues with `rest`."""
 
     def __init__(self, head: bytes, rest: RawReader) -> None:
@@ -69,7 +69,7 @@ class Chunker:
             if head:
                 yield head
             return
-        for chunk in self._cdc.cut_stream(_Replay(head, stream)):
+        for chunk in self._cdc.cut_stream(Replay(head, stream)):
             yield bytes(chunk.data)  # pyfastcdc reuses its buffer for the next chunk
 
 

@@ -42,7 +42,7 @@ from typing import Literal, cast
 
 from pyfastcdc import FastCDC
 
-from cairn.files.chunker import Chunker, RawReader
+from cairn.files.chunker import Chunker, RawReader, Replay
 from cairn.files.scanner import reason
 from cairn.repo.blob import BlobType
 from cairn.repo.config import ChunkerParams
@@ -99,22 +99,6 @@ class _Batch:
         self.size = 0
         self.future: Future[list[ReadResult]] | None = None
         self.results: list[ReadResult] | None = None  # the future's, once fetched
-
-
-class _Replay:
-    """A raw reader that returns `head` first, then the rest of `rest`."""
-
-    def __init__(self, head: bytes, rest: RawReader) -> None:
-        self._head = memoryview(head)
-        self._rest = rest
-
-    def readinto(self, buffer: memoryview) -> int:
-        if self._head:
-            n = min(len(buffer), len(self._head))
-            buffer[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        return self._rest.readinto(buffer) or 0
 
 
 class _ReadError(Exception):
@@ -367,7 +351,7 @@ class Pipeline:
             chunker = self._local.chunker = Chunker(self.params)
         futures: list[Future[bytes]] = []
         size = 0
-        chunks = chunker.chunks(_Replay(head, rest))
+        chunks = chunker.chunks(Replay(head, rest))
         try:
             while True:
                 try:

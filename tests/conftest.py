@@ -85,6 +85,16 @@ def repo_dir(tmp_path: Path, cli: CliRun, monkeypatch: pytest.MonkeyPatch) -> It
     yield path
 
 
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """A small tree to back up: a text file in a folder and an incompressible file."""
+    root = tmp_path / "data"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "letter.txt").write_text("Dear reader,\n" * 50)
+    (root / "photo.raw").write_bytes(os.urandom(300_000))
+    return root
+
+
 def one_line_error(result: Result) -> str:
     """The single `cairn: ...` line a failure prints; fails the test on a traceback or more lines."""
     lines = result.stderr.strip().splitlines()

@@ -28,15 +28,6 @@ from cairn.storage.local import LocalBackend
 AS_ROOT = os.geteuid() == 0
 
 
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    (root / "docs").mkdir(parents=True)
-    (root / "docs" / "letter.txt").write_text("Dear reader,\n" * 50)
-    (root / "photo.raw").write_bytes(os.urandom(300_000))
-    return root
-
-
 def open_repo(path: Path) -> Repository:
     return Repository.open(LocalBackend(path), PASSWORD.encode())
 

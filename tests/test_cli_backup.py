@@ -8,22 +8,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("cairn.ops.backup")
-pytest.importorskip("cairn.ops.restore")
-
-from conftest import PASSWORD, CliRun, one_line_error  # noqa: E402
-from cairn.errors import CheckFailed, NotFound, PartialSuccess, RepositoryNotFound  # noqa: E402
+from conftest import PASSWORD, CliRun, one_line_error
+from cairn.errors import CheckFailed, NotFound, PartialSuccess, RepositoryNotFound
 
 AS_ROOT = os.geteuid() == 0
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    (root / "docs").mkdir(parents=True)
-    (root / "docs" / "letter.txt").write_text("Dear reader,\n" * 50)
-    (root / "photo.raw").write_bytes(os.urandom(300_000))
-    return root
 
 
 def tree(root: Path) -> dict[str, bytes]:

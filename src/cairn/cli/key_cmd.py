@@ -11,6 +11,8 @@ from cairn.cli.kdf import ADVANCED_HELP, kdf_options, kdf_params
 from cairn.cli.output import human_size, local_time
 from cairn.ops import access
 from cairn.ops import keys as keys_ops
+from cairn.repo.keys import KdfParams
+from cairn.repo.repository import Repository
 
 
 @click.group("key")
@@ -49,6 +51,13 @@ NEW_PASSWORD_FILE = click.option(
 )
 
 
+def _new_key(state: State, new_password_file: str | None, kdf: KdfParams) -> tuple[Repository, keys_ops.AddKeyOptions]:
+    """Open the repository, then read the new password: a typo in -r never costs a prompt."""
+    selection = state.selection()
+    repo = access.open_repository(selection)
+    return repo, keys_ops.AddKeyOptions(access.read_key_password(selection, new_password_file), kdf)
+
+
 @command.command("add", epilog=ADVANCED_HELP)
 @global_options
 @NEW_PASSWORD_FILE
@@ -61,11 +70,7 @@ def add_command(
 
     The current password keeps working.
     """
-    selection = state.selection()
-    repo = access.open_repository(selection)
-    options = keys_ops.AddKeyOptions(
-        access.read_key_password(selection, new_password_file), kdf_params(kdf_iterations, kdf_memory_kib, kdf_lanes)
-    )
+    repo, options = _new_key(state, new_password_file, kdf_params(kdf_iterations, kdf_memory_kib, kdf_lanes))
     key_id = keys_ops.add_key(repo, options)
     out = state.output
     if out.json_mode:
@@ -86,11 +91,7 @@ def passwd_command(
 
     Adds a key for the new password, then removes the key of the old one.
     """
-    selection = state.selection()
-    repo = access.open_repository(selection)
-    options = keys_ops.AddKeyOptions(
-        access.read_key_password(selection, new_password_file), kdf_params(kdf_iterations, kdf_memory_kib, kdf_lanes)
-    )
+    repo, options = _new_key(state, new_password_file, kdf_params(kdf_iterations, kdf_memory_kib, kdf_lanes))
     change = keys_ops.change_password(repo, options)
     out = state.output
     if out.json_mode:

@@ -45,6 +45,7 @@ from cairn.storage.ssh import SshTarget, connect_error
 
 ENV_RCLONE = "CAIRN_RCLONE"
 START_TIMEOUT = 30.0
+NAME_LOCK_STRIPES = 64
 _LISTENING = re.compile(r"SFTP server listening on 127\.0\.0\.1:(\d+)")
 
 
@@ -160,6 +161,15 @@ class RcloneBackend(SftpBackend):
                          create=create, connections=connections)
         # rclone replaces a file by removing the old one first: a reader may miss it meanwhile.
         self._properties = BackendProperties(location.text, connections, atomic_replace=False)
+        # Two such replaces of one name at once can lose the file altogether (one writer's remove
+        # takes the other's freshly renamed file; seen under load with 8 threads). Stores of one
+        # name are therefore taken one at a time. Other processes never write a name this one
+        # writes: pack, index and snapshot names are random, locks carry the writer's own id.
+        self._name_locks = [threading.Lock() for _ in range(NAME_LOCK_STRIPES)]
+
+    def store(self, name: str, data: bytes | memoryview) -> None:
+        with self._name_locks[hash(name) % NAME_LOCK_STRIPES]:
+            super().store(name, data)
 
     def _connect_to_server(self) -> paramiko.Transport:
         port = self.server.port()

@@ -34,6 +34,7 @@ from cairn.storage.ssh import Connector
 TEMP_PREFIX = ".tmp-"
 WRITE_SLICE = 1024 * 1024
 RENAME_TRIES = 5
+SIZE_CHECKS = 6
 READ_AHEAD = 64  # requests in flight per read: 2 MiB
 _SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -144,10 +145,15 @@ class SftpBackend:
                     if connection_gone(sftp, exc):
                         raise
                     self._fsync = False  # the server lacks the extension: its close is all we get
-        # paramiko also ignores a failed close; the size tells whether every byte landed.
-        written = sftp.stat(temp).st_size
-        if written != view.nbytes:
-            raise OSError(f"the server kept {written} of {view.nbytes} bytes")
+        # paramiko also ignores a failed close; the size tells whether every byte landed. rclone's
+        # server can answer from a folder listing taken while the file was still being written
+        # (seen under load as a size of 0), so a short size is asked again before it counts.
+        for attempt in range(SIZE_CHECKS):
+            written = sftp.stat(temp).st_size
+            if written == view.nbytes:
+                return
+            time.sleep(0.02 * (attempt + 1))
+        raise OSError(f"the server kept {written} of {view.nbytes} bytes")
 
     def _replace(self, sftp: paramiko.SFTPClient, temp: str, path: str) -> None:
         if self._posix_rename and self._posix_replace(sftp, temp, path):

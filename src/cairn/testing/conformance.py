@@ -178,7 +178,7 @@ class BackendConformance:
             thread.start()
         for thread in threads:
             thread.join()
-        assert errors == []
+        assert errors == [], [repr(error) for error in errors]
         for worker in range(8):
             for i in range(10):
                 data = backend.load(f"data/{worker:02x}/{i:04x}")

@@ -52,6 +52,7 @@ def test_sftp_server_stops_mid_backup_fails_cleanly_and_the_next_backup_succeeds
         backup = slow.start("backup", str(source), env={"CAIRN_RETRY_TIME": "2"})
         data = tmp_path / "repo" / "data"
         wait_until(lambda: any(not p.name.startswith(".") for p in data.rglob("*") if p.is_file()), backup)
+        proxy.rate = 50e3  # the rest cannot get through before the server stops, however loaded the machine
         sshd.stop()
         failed = finished(backup)
     finally:
@@ -77,11 +78,13 @@ def test_s3_server_stops_mid_backup_and_the_backup_rides_it_out(seaweedfs: Seawe
         backup = remote.start("backup", str(source), env={"CAIRN_RETRY_TIME": "120"})
         wait_until(lambda: client.list_objects_v2(Bucket="cairn-tests", Prefix=f"{prefix}/data/").get("KeyCount", 0) > 0,
                    backup)
+        proxy.rate = 50e3  # the backup is still uploading when the server stops
         seaweedfs.stop()
         time.sleep(1)
     finally:
         if seaweedfs.process is None:
             seaweedfs.start()
+        proxy.rate = 8e6
     done = finished(backup)
     proxy.stop()
     assert done.returncode == 0, done.stderr

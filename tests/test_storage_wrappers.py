@@ -210,19 +210,23 @@ def test_a_list_broken_half_way_restarts_without_repeating_names() -> None:
 
 
 class Slow(MemoryBackend):
-    """Counts how many calls run at once."""
+    """Counts how many calls run at once; each call waits (up to a second) for `crowd` to be running,
+    so the peak reaches the limit however slowly a loaded machine starts the threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, crowd: int = 3) -> None:
         super().__init__()
+        self.crowd = crowd
         self.running = 0
         self.peak = 0
-        self.guard = threading.Lock()
+        self.guard = threading.Condition()
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         with self.guard:
             self.running += 1
             self.peak = max(self.peak, self.running)
-        time.sleep(0.02)
+            self.guard.notify_all()
+            self.guard.wait_for(lambda: self.running >= self.crowd, timeout=1.0)
+        time.sleep(0.01)
         with self.guard:
             self.running -= 1
         return super().load(name, offset, length)

@@ -7,6 +7,7 @@ rewrites one small object and never the data.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ SALT_SIZE = 16
 KEY_FORMAT = 1
 MAC_SIZE = 32
 MAC_KEY_CONTEXT = "cairn 2026-11 v1 key object mac"
+CHECK_CONTEXT = b"cairn 2026-12 v1 key object check"
+CHECK_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,18 @@ def _mac(master: MasterKey, key_id: str, body: bytes) -> bytes:
     return blake3.blake3(_aad(key_id) + body, key=derive_subkey(master.secret, MAC_KEY_CONTEXT)).digest()
 
 
+def _check(kdf: KdfParams, salt: bytes, sealed: bytes) -> bytes:
+    """An unkeyed checksum of what unwrapping depends on.
+
+    AES-GCM cannot tell a wrong password from a changed ciphertext, and the MAC needs the master
+    key that only a right password gives; without this, a bit flipped in the only key object read
+    as "wrong password". It proves nothing against an attacker (the MAC does that), it only lets
+    damage be named as damage.
+    """
+    params = struct.pack("<III", kdf.iterations, kdf.memory_kib, kdf.lanes)
+    return blake3.blake3(CHECK_CONTEXT + params + salt + sealed).digest(CHECK_SIZE)
+
+
 def wrap(master: MasterKey, password: bytes, key_id: str, kdf: KdfParams) -> bytes:
     """Build the key object: its msgpack body, then a MAC under the master key.
 
@@ -69,6 +84,7 @@ def wrap(master: MasterKey, password: bytes, key_id: str, kdf: KdfParams) -> byt
     """
     salt = os.urandom(SALT_SIZE)
     sealer = Sealer(kdf.derive(password, salt))
+    sealed = sealer.seal(master.secret, _aad(key_id))
     body = encoding.pack(
         {
             "v": KEY_FORMAT,
@@ -80,7 +96,8 @@ def wrap(master: MasterKey, password: bytes, key_id: str, kdf: KdfParams) -> byt
             "created": time.time_ns(),
             "host": identity.hostname(),
             "user": identity.username(),
-            "master": sealer.seal(master.secret, _aad(key_id)),
+            "master": sealed,
+            "check": _check(kdf, salt, sealed),
         }
     )
     return body + _mac(master, key_id, body)
@@ -114,7 +131,10 @@ def parse(data: bytes, key_id: str) -> tuple[KeyInfo, bytes, bytes]:
         kdf=kdf,
     )
     salt = encoding.field(obj, "salt", bytes, what)
-    return info, salt, encoding.field(obj, "master", bytes, what)
+    sealed = encoding.field(obj, "master", bytes, what)
+    if "check" in obj and encoding.field(obj, "check", bytes, what) != _check(kdf, salt, sealed):
+        raise DamagedObject(f"{what} is damaged: its checksum does not match (changed bytes, not a wrong password)")
+    return info, salt, sealed
 
 
 def unwrap(data: bytes, key_id: str, password: bytes) -> MasterKey | None:

@@ -1,5 +1,8 @@
-"""The golden repository of format version 1 (tests/fixtures/golden-v1, made once by
-tests/fixtures/make_golden.py) stays readable, and docs/FORMAT.md alone suffices to read it.
+"""The golden repositories of format version 1 stay readable, and docs/FORMAT.md alone suffices
+to read them: tests/fixtures/golden-v1 (made once by tests/fixtures/make_golden.py: one files
+snapshot, key objects from before their `check` field) and tests/fixtures/golden-v1-full (made by
+make_golden_full.py: every kind of object; the current code's reading of it is in
+test_golden_full.py, which imports the restatement of its content from here).
 
 Part (a) opens it with the current code: a cairn that cannot read what an older cairn wrote has
 lost its users' backups. Part (b) is an independent decoder written from docs/FORMAT.md with only

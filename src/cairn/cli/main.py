@@ -24,6 +24,31 @@ from cairn.cli.context import State, global_options
 from cairn.errors import CairnError, Interrupted
 
 
+class _WarningHandler(logging.Handler):
+    """Prints warnings that cairn's layers log (`logging.getLogger("cairn...").warning`) as
+    ``cairn: warning: ...`` on stderr, where the CLI's own warnings go. The stream is looked up
+    at each record, so it follows whatever stderr is when the warning happens."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"cairn: warning: {record.getMessage()}", err=True)
+        except Exception:  # noqa: BLE001 - a warning must never break the command
+            self.handleError(record)
+
+
+_WARNINGS = _WarningHandler()
+
+
+def _show_warnings() -> None:
+    """Install the warning printer once per process (in-process tests invoke many commands)."""
+    logger = logging.getLogger("cairn")
+    if _WARNINGS not in logger.handlers:
+        logger.addHandler(_WARNINGS)
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"cairn: {message}", err=True)
     raise click.exceptions.Exit(code)
@@ -63,6 +88,7 @@ def cli(ctx: click.Context) -> None:
     Exit codes are listed in docs/EXIT_CODES.md.
     """
     state = ctx.ensure_object(State)
+    _show_warnings()
     if state.debug:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
 

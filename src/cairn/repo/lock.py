@@ -5,24 +5,38 @@ concurrent writer (for now: none in normal use; `repair index` and a forced prun
 *exclusive* lock. A lock is stale when it was not refreshed for STALE_AFTER seconds, or when it
 belongs to this host and its process is gone; stale locks are ignored and `unlock` removes them.
 
+A storage credential that may not delete (an append-only setup, docs/RETENTION.md) cannot
+release a lock by deleting it. Then the holder, done with its work, overwrites its lock with one
+whose refresh time is 0 (`RELEASED`): stale to every client at once by the ordinary age rule, so
+it blocks nobody, and `unlock` from a machine that may delete removes it. If even that write is
+refused, the lock stays as it was and goes stale 30 minutes after its last refresh. Either way
+the command that held it succeeds, with a warning.
+
 Acquiring, for either kind: write our lock, then list the others; if one conflicts and is not
 stale, delete ours and fail. Two exclusive lockers racing may both back off, never both win.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cairn.errors import DamagedObject, ObjectMissing, RepositoryLocked
+from cairn.errors import DamagedObject, ObjectMissing, RepositoryLocked, StorageAccessDenied, StorageError, StorageReadOnly
 from cairn.repo import encoding, identity
 from cairn.storage.base import Backend
 
 LOCK_FORMAT = 1
 REFRESH_EVERY = 5 * 60
 STALE_AFTER = 30 * 60
+RELEASED = 0
+"""The refresh time of a lock released by overwriting it (its storage refused the delete)."""
+REFUSED = (StorageReadOnly, StorageAccessDenied)
+"""What a storage raises when the credential may not delete (S3 and SFTP: read-only; B2 may say denied)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,10 +56,16 @@ class LockInfo:
             return True
         return self.host == identity.hostname() and not _process_alive(self.pid)
 
+    @property
+    def released(self) -> bool:
+        """Its process finished but could not delete it (see the module docstring)."""
+        return self.refreshed_ns == RELEASED
+
     def describe(self) -> str:
         age = max(0, (time.time_ns() - self.time_ns) // 1_000_000_000)
         kind = "exclusive" if self.exclusive else "shared"
-        return f"{kind} lock by {self.user}@{self.host} pid {self.pid} ({self.command}), {age}s old"
+        done = ", released by its process" if self.released else ""
+        return f"{kind} lock by {self.user}@{self.host} pid {self.pid} ({self.command}), {age}s old{done}"
 
 
 def _process_alive(pid: int) -> bool:
@@ -135,22 +155,52 @@ class LockManager:
         return fresh
 
     def release(self, lock: LockInfo) -> None:
+        """Delete our lock; when the storage refuses deletes, mark it released instead and warn.
+
+        Never raises for a refused delete: the work under the lock is done (a backup's snapshot
+        is saved), and a lock that cannot be deleted harms nobody once it is stale."""
         try:
             self._backend.delete(f"locks/{lock.id}")
+            return
         except ObjectMissing:
-            pass
+            return
+        except REFUSED as exc:
+            refusal = exc
+        try:
+            self._store("locks", lock.id, encode(LockInfo(**{**lock.__dict__, "refreshed_ns": RELEASED})))
+        except StorageError as exc:
+            log.warning(
+                "could not delete lock %s (%s) nor mark it released (%s); other hosts take it as held "
+                "until %d minutes after its last refresh; 'cairn unlock' with a credential that may delete removes it",
+                lock.id[:8], refusal.message, exc.message, STALE_AFTER // 60,
+            )
+            return
+        log.warning(
+            "could not delete lock %s (%s); it is marked released and blocks nobody; 'cairn unlock' "
+            "with a credential that may delete removes it", lock.id[:8], refusal.message,
+        )
 
-    def remove_stale(self, remove_all: bool = False) -> list[LockInfo]:
-        """Remove stale locks, or every lock; `remove_all` also removes undecodable ones."""
-        removed = []
+    def remove_stale(self, remove_all: bool = False) -> tuple[list[LockInfo], list[tuple[LockInfo, StorageError]]]:
+        """Remove stale locks, or every lock; `remove_all` also removes undecodable ones.
+
+        Returns the locks removed and those the storage refused to delete, with its error (an
+        append-only credential): `unlock` explains them rather than failing on the first."""
+        removed: list[LockInfo] = []
+        refused: list[tuple[LockInfo, StorageError]] = []
         for other in self.list_locks():
             if remove_all or other.is_stale():
-                self.release(other)
+                try:
+                    self._backend.delete(f"locks/{other.id}")
+                except ObjectMissing:
+                    pass
+                except REFUSED as exc:
+                    refused.append((other, exc))
+                    continue
                 removed.append(other)
-        if remove_all:
+        if remove_all and not refused:
             for info in self._backend.list("locks/"):
                 try:
                     self._backend.delete(info.name)
                 except ObjectMissing:
                     pass
-        return removed
+        return removed, refused

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
 
 from cairn.cli.context import State, global_options, pass_state
 from cairn.cli.output import local_time
-from cairn.cli.prune_cmd import build_options, prune_options, run_prune
+from cairn.cli.prune_cmd import build_options, prune_options, pruned, run_prune
 from cairn.cli.snapshots_cmd import filter_options, make_filter, parse_groups
 from cairn.errors import UsageError
 from cairn.ops import access
@@ -101,7 +102,8 @@ def show(state: State, result: ForgetResult) -> None:
               help="Apply the policy to each group of snapshots sharing these (host, paths, tags; '' for one group).")
 @filter_options
 @click.option("-n", "--dry-run", is_flag=True, help="Only show what would be kept (and why) and removed.")
-@click.option("--prune", "then_prune", is_flag=True, help="Run prune right after.")
+@click.option("--prune", "then_prune", is_flag=True,
+              help="Run prune right after (with --dry-run: show what it would do).")
 @prune_options
 @click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT]...")
 @pass_state
@@ -112,7 +114,8 @@ def command(state: State, group_by: str, hosts: tuple[str, ...], tags: tuple[str
 
     The policy applies to each group (by default: host and paths) on its own; buckets use the
     local time where each snapshot was taken. See docs/RETENTION.md for the exact rules.
-    Data is freed by prune (--prune runs it now).
+    Data is freed by prune (--prune runs it now; with --dry-run, it shows what that prune
+    would do). With --json and --prune, one document: {"forget": ..., "prune": ...}.
     """
     try:
         policy = _policy(params)
@@ -124,6 +127,22 @@ def command(state: State, group_by: str, hosts: tuple[str, ...], tags: tuple[str
     )
     prune_opts = build_options(max_unused, max_repack_size, dry_run) if then_prune else None
     repo = access.open_repository(state.selection())
-    show(state, forget(repo, options))
-    if prune_opts is not None and not dry_run:
+    result = forget(repo, options)
+    if prune_opts is None:
+        show(state, result)
+        return
+    if dry_run:
+        # Show what the prune after a real forget would do: as if those snapshots were gone.
+        doomed = frozenset(bytes.fromhex(s.id) for g in result.groups for s in g.remove)
+        prune_opts = dataclasses.replace(prune_opts, ignore_snapshots=doomed)
+    if not state.output.json_mode:
+        show(state, result)
         run_prune(state, repo, prune_opts)
+        return
+    # One JSON document for both steps; if prune fails, what forget did is still printed.
+    try:
+        prune_result = pruned(state, repo, prune_opts)
+    except BaseException:
+        state.output.json({"forget": result.to_json(), "prune": None})
+        raise
+    state.output.json({"forget": result.to_json(), "prune": prune_result.to_json()})

@@ -66,12 +66,16 @@ def show(out: Output, result: Any) -> None:
         )
 
 
-def run_prune(state: State, repo: Any, options: Any) -> None:
+def pruned(state: State, repo: Any, options: Any) -> Any:
+    """Run prune with a progress display; the `PruneResult`, not printed."""
     from cairn.ops.prune import prune
 
     with state.output.progress("pruning") as progress:
-        result = prune(repo, options, progress)
-    show(state.output, result)
+        return prune(repo, options, progress)
+
+
+def run_prune(state: State, repo: Any, options: Any) -> None:
+    show(state.output, pruned(state, repo, options))
 
 
 @click.command("prune")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cairn.errors import DamagedObject, ObjectMissing
+from cairn.errors import DamagedObject, ObjectMissing, UsageError
 from cairn.ops.prune_plan import Usage, apply_plan, pack_usage, stored_packs
 from cairn.ops.reachable import Reachability
 from cairn.policy.repack import Limit, RepackOptions, plan
@@ -52,6 +52,10 @@ class PruneOptions:
     max_unused: Limit = Limit(percent=5.0)
     max_repack_size: int | None = None
     dry_run: bool = False
+    ignore_snapshots: frozenset[bytes] = frozenset()
+    """Snapshots to count as already forgotten, for `forget --dry-run --prune` to show what
+    the prune after a real forget would do. Dry runs only: a real prune that skipped live
+    snapshots would delete their data."""
 
 
 @dataclass
@@ -97,6 +101,8 @@ def _checkpoint(step: str) -> None:
 def prune(repo: Repository, options: PruneOptions | None = None, progress: Progress | None = None) -> PruneResult:
     options = options or PruneOptions()
     if not options.dry_run:
+        if options.ignore_snapshots:
+            raise UsageError("prune may ignore snapshots only in a dry run")
         mnt.refuse_if_append_only(repo, "prune")
     with mnt.maintenance_lock(repo, "prune") as held:
         return _Prune(repo, options, held.id, progress or (lambda phase, done, total: None)).run()
@@ -209,7 +215,8 @@ class _Prune:
         forgotten, or replaced (`tag` writes the new object before deleting the old): list
         again until a listing holds no unwalked snapshot that vanished."""
         while True:
-            ids = [i for i in list_ids(self.repo, "snapshots/") if i not in reach.walked]
+            ignored = self.options.ignore_snapshots
+            ids = [i for i in list_ids(self.repo, "snapshots/") if i not in reach.walked and i not in ignored]
             vanished = False
             for done, snapshot_id in enumerate(ids, 1):
                 try:

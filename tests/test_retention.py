@@ -59,7 +59,8 @@ def test_the_oldest_snapshot_is_kept_when_a_rule_has_count_left() -> None:
     # since three monthly slots are unfilled, the oldest too.
     january = [at("2024-01-02 13:42"), at("2024-01-03 01:04"), at("2024-01-04 20:09"), at("2024-01-04 20:20")]
     assert kept(january, Policy(monthly=4)) == ["2024-01-04 20:20", "2024-01-02 13:42"]
-    assert reasons(january, Policy(monthly=4))["2024-01-02 13:42"] == ("monthly snapshot",)
+    # restic marks it so (since 0.17.2): kept only because it is the oldest.
+    assert reasons(january, Policy(monthly=4))["2024-01-02 13:42"] == ("oldest monthly snapshot",)
     # A rule whose count is used up keeps no extra oldest one.
     assert kept(january, Policy(monthly=1)) == ["2024-01-04 20:20"]
     # keep-last has a bucket per snapshot: with count left, all are kept, the oldest included once.
@@ -142,7 +143,127 @@ def test_within_bucket_rules_keep_one_per_bucket_inside_their_window() -> None:
     # so no extra oldest snapshot: the oldest of the group is outside the window).
     assert got == ["2024-01-10 21:00", "2024-01-09 21:00", "2024-01-08 21:00"]
     assert reasons(DAYS, Policy(within_daily=Duration(days=3)))["2024-01-08 21:00"] == ("daily within 3d",)
+    # The whole group is inside a year: the oldest snapshot is kept too, marked as such.
     assert kept(DAYS, Policy(within_weekly=Duration(years=1))) == ["2024-01-10 21:00", "2024-01-07 21:00", "2024-01-01 09:00"]
+    assert reasons(DAYS, Policy(within_weekly=Duration(years=1)))["2024-01-01 09:00"] == ("oldest weekly within 1y",)
+
+
+def test_keep_within_hourly() -> None:
+    history = [
+        at("2024-05-10 12:40"), at("2024-05-10 12:10"), at("2024-05-10 11:55"), at("2024-05-10 11:05"),
+        at("2024-05-10 10:30"), at("2024-05-10 09:59"), at("2024-05-10 09:30"), at("2024-05-10 08:00"),
+        at("2024-05-09 12:00"),
+    ]
+    # Window: after 09:40 (12:40 minus 3 h). Hours 12, 11, 10 and 9 keep their newest; 09:30 is
+    # outside, though its hour is not; the oldest snapshot is outside too, so it goes.
+    policy = Policy(within_hourly=Duration(hours=3))
+    assert kept(history, policy) == ["2024-05-10 12:40", "2024-05-10 11:55", "2024-05-10 10:30", "2024-05-10 09:59"]
+    assert set(reasons(history, policy).values()) == {("hourly within 3h",)}
+    # A count reaches past the window: --keep-hourly 6 takes the next two hours that have one.
+    assert kept(history, Policy(hourly=6)) == [
+        "2024-05-10 12:40", "2024-05-10 11:55", "2024-05-10 10:30", "2024-05-10 09:59", "2024-05-10 08:00", "2024-05-09 12:00",
+    ]
+    # With the whole group inside the window, the oldest is kept as well, and says why.
+    one_hour = [at("2024-05-10 10:50"), at("2024-05-10 10:20"), at("2024-05-10 10:05")]
+    assert reasons(one_hour, Policy(within_hourly=Duration(days=1))) == {
+        "2024-05-10 10:50": ("hourly within 1d",), "2024-05-10 10:05": ("oldest hourly within 1d",),
+    }
+
+
+def test_keep_within_monthly_from_a_month_end() -> None:
+    history = [
+        at("2024-08-31 10:00"), at("2024-08-01 10:00"), at("2024-07-15 10:00"), at("2024-06-30 23:00"),
+        at("2024-06-01 10:00"), at("2024-03-02 11:00"), at("2024-03-02 09:00"), at("2024-03-01 10:00"),
+        at("2024-02-29 10:00"),
+    ]
+    # 31 August minus 6 months is "31 February", which Go normalises to 2 March (2024 is a leap
+    # year): the window starts at 2 March 10:00, so 1 March is outside although it is in March.
+    assert kept(history, Policy(within_monthly=Duration(months=6))) == [
+        "2024-08-31 10:00", "2024-07-15 10:00", "2024-06-30 23:00", "2024-03-02 11:00",
+    ]
+    # The count rule has no window: six months that have a snapshot, the sixth being February.
+    assert kept(history, Policy(monthly=6)) == [
+        "2024-08-31 10:00", "2024-07-15 10:00", "2024-06-30 23:00", "2024-03-02 11:00", "2024-02-29 10:00",
+    ]
+
+
+def test_keep_within_yearly() -> None:
+    history = [
+        at("2025-03-15 12:00"), at("2025-01-01 00:00"), at("2024-12-31 23:59"), at("2024-06-01 12:00"),
+        at("2023-03-16 00:00"), at("2023-03-15 12:00"), at("2022-12-31 12:00"),
+    ]
+    # Window: after 2023-03-15 12:00; the snapshot exactly at the bound is outside. The newest of
+    # 2025, 2024 and (inside the window) 2023 stay.
+    policy = Policy(within_yearly=Duration(years=2))
+    assert kept(history, policy) == ["2025-03-15 12:00", "2024-12-31 23:59", "2023-03-16 00:00"]
+    assert reasons(history, policy)["2024-12-31 23:59"] == ("yearly within 2y",)
+    # --keep-yearly 4 goes on to 2022, and keeps the newest of 2023 (at the bound).
+    assert kept(history, Policy(yearly=4)) == ["2025-03-15 12:00", "2024-12-31 23:59", "2023-03-16 00:00", "2022-12-31 12:00"]
+
+
+def test_keep_within_combined_with_count_rules() -> None:
+    # Window: after 2024-01-09 21:00 (one day before the newest): only the two of 10 January.
+    # The counts run on their own: 3 days (10, 9, 8), 2 ISO weeks (W02 from Monday 8 January,
+    # then W01, whose newest is Sunday 7 January), 3 months (only January has snapshots, so
+    # the oldest is kept for the count left).
+    policy = Policy(within=Duration(days=1), daily=3, weekly=2, monthly=3)
+    assert reasons(DAYS, policy) == {
+        "2024-01-10 21:00": ("within 1d", "daily snapshot", "weekly snapshot", "monthly snapshot"),
+        "2024-01-10 09:00": ("within 1d",),
+        "2024-01-09 21:00": ("daily snapshot",),  # exactly one day older: outside the window
+        "2024-01-08 21:00": ("daily snapshot",),
+        "2024-01-07 21:00": ("weekly snapshot",),
+        "2024-01-01 09:00": ("oldest monthly snapshot",),
+    }
+    assert kept(DAYS, policy) == list(reasons(DAYS, policy))  # newest first
+
+
+def zoned(decisions_of: list[Point], policy: Policy) -> list[str]:
+    """Kept snapshots as local time and UTC offset, for groups whose local times repeat."""
+    return [d.point.id.decode() for d in apply(decisions_of, policy) if d.keep]
+
+
+def test_the_end_of_daylight_saving_time_inside_one_group() -> None:
+    # Berlin, 27 October 2024: at 03:00 CEST (+2) clocks go back to 02:00 CET (+1), so the wall
+    # clock shows 02:00-03:00 twice. Snapshots are bucketed by the wall clock they recorded.
+    night = [
+        at("2024-10-27 03:30", 1),  # 02:30 UTC
+        at("2024-10-27 02:45", 1),  # 01:45 UTC, the second 02:xx hour
+        at("2024-10-27 02:15", 1),  # 01:15 UTC
+        at("2024-10-27 02:45", 2),  # 00:45 UTC, the first 02:xx hour
+        at("2024-10-27 02:15", 2),  # 00:15 UTC
+        at("2024-10-27 01:30", 2),  # 23:30 UTC on the 26th
+        at("2024-10-26 23:30", 2),  # 21:30 UTC
+    ]
+    # Both 02:xx hours are one hourly bucket (restic buckets by year, month, day and hour of the
+    # local time): four snapshots from two real hours yield one.
+    assert zoned(night, Policy(hourly=10)) == [
+        "2024-10-27 03:30 +1", "2024-10-27 02:45 +1", "2024-10-27 01:30 +2", "2024-10-26 23:30 +2",
+    ]
+    assert zoned(night, Policy(hourly=2)) == ["2024-10-27 03:30 +1", "2024-10-27 02:45 +1"]
+    # Days are local too: 01:30 CEST is the 27th there (the 26th in UTC), so the 26th's newest
+    # is 23:30.
+    assert zoned(night, Policy(daily=2)) == ["2024-10-27 03:30 +1", "2024-10-26 23:30 +2"]
+    # A duration is measured on the newest snapshot's recorded offset (+1): one day before
+    # 27 October 12:00 CET is 26 October 11:00 UTC, which was 13:00 on the CEST clocks of the
+    # day before. (restic agrees unless forget itself runs in Berlin time, where Go steps the
+    # named zone's wall clock and that day lasts 25 hours.)
+    day = [at("2024-10-27 12:00", 1), at("2024-10-26 13:30", 2), at("2024-10-26 13:00", 2), at("2024-10-26 12:30", 2)]
+    assert zoned(day, Policy(within=Duration(days=1))) == ["2024-10-27 12:00 +1", "2024-10-26 13:30 +2"]
+
+
+def test_durations_ignore_snapshots_from_the_future() -> None:
+    # A host whose clock ran years ahead: its snapshot must not push the others out of a window.
+    history = [at("2030-01-01 00:00"), at("2024-01-10 12:00"), at("2024-01-09 12:00"), at("2023-12-01 12:00")]
+    now = at("2024-06-01 00:00").time_ns
+    got = [d.point.id.decode().rsplit(" ", 1)[0] for d in apply(history, Policy(within=Duration(days=7)), now) if d.keep]
+    # Window: 7 days before 10 January; the snapshot from the future is inside any window.
+    assert got == ["2030-01-01 00:00", "2024-01-10 12:00", "2024-01-09 12:00"]
+    # Without `now` (the pure default), the newest point is the reference.
+    assert kept(history, Policy(within=Duration(days=7))) == ["2030-01-01 00:00"]
+    # Every snapshot in the future: there is no reference, and every one is within.
+    everything = apply(history, Policy(within_daily=Duration(days=1)), at("2000-01-01 00:00").time_ns)
+    assert all(d.keep for d in everything)
 
 
 def test_keep_tag_keeps_snapshots_holding_every_tag_of_a_set() -> None:

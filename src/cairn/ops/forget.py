@@ -9,6 +9,7 @@ a prune running meanwhile copes with them vanishing (docs/FORMAT.md §12).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,7 @@ class ForgetResult:
 
 def decide(snaps: list[Snapshot], options: ForgetOptions) -> list[ForgetGroup]:
     """The policy's verdict for every group, without touching the repository."""
+    now_ns = time.time_ns()  # durations ignore snapshots from the future (a clock gone wrong)
     chosen = {s.id: s for s in snaps if options.filter.matches(s)}
     infos = [SnapshotInfo.from_snapshot(s) for s in chosen.values()]
     groups = []
@@ -76,7 +78,7 @@ def decide(snaps: list[Snapshot], options: ForgetOptions) -> list[ForgetGroup]:
             for snap in (chosen[i] for i in by_id)
         ]
         verdict = ForgetGroup(key)
-        for decision in apply(points, options.policy):
+        for decision in apply(points, options.policy, now_ns):
             info = by_id[decision.point.id]
             if decision.keep:
                 verdict.keep.append(Kept(info, list(decision.reasons)))

@@ -8,15 +8,19 @@ policies mean the same here:
   are read in the **local time the snapshot was taken in** (its recorded UTC offset), weeks are
   ISO weeks (Monday to Sunday, the ISO year). N may be `UNLIMITED` (-1).
 * When a bucket rule still has count left at the oldest snapshot, that snapshot is kept too,
-  so the history reaches as far back as the counts allow.
+  so the history reaches as far back as the counts allow; its reason then reads
+  ``oldest daily snapshot`` (when it is not the newest of its bucket anyway).
 * `within` keeps every snapshot newer than the newest snapshot minus the duration (calendar
   arithmetic in the newest snapshot's zone, as Go's ``AddDate`` does it: 31 March minus one month
   is 3 March). The `within_*` rules keep, among those newer than their own bound, the newest of
-  each bucket (no count).
+  each bucket (no count), and the oldest snapshot of the group when it is inside the bound.
+* "The newest snapshot" for durations is the newest one taken before `now`: a snapshot from a
+  machine whose clock ran years ahead must not push every other snapshot out of a window (it
+  is kept itself, being newer than any bound).
 * `tags` keeps every snapshot holding all tags of any one of the given tag sets.
 
-Nothing here reads a clock, a file or a repository: inputs are plain values, so every rule is
-tested with crafted timestamps (tests/test_retention*.py).
+Nothing here reads a clock, a file or a repository: inputs are plain values (the caller passes
+`now`), so every rule is tested with crafted timestamps (tests/test_retention*.py).
 """
 
 from __future__ import annotations
@@ -169,11 +173,12 @@ def _tag_reason(tags: frozenset[str]) -> str:
     return "tags " + ",".join(sorted(tags))
 
 
-def apply(points: Sequence[Point], policy: Policy) -> list[Decision]:
+def apply(points: Sequence[Point], policy: Policy, now_ns: int | None = None) -> list[Decision]:
     """Decide for every point (one group); the result is newest first.
 
-    An empty policy keeps everything (callers refuse to run one, as forgetting all by accident
-    is the worst outcome a retention command can have).
+    Durations count back from the newest point taken before `now_ns` (None: from the newest
+    point). An empty policy keeps everything (callers refuse to run one, as forgetting all by
+    accident is the worst outcome a retention command can have).
     """
     ordered = sorted(points, key=lambda p: (-p.time_ns, p.id))
     if policy.empty:
@@ -186,15 +191,23 @@ def apply(points: Sequence[Point], policy: Policy) -> list[Decision]:
     ]
     remaining = [count for _, _, count in counted]
     last_seen: list[int | None] = [None] * len(counted)
-    latest = ordered[0]
+    past = [p for p in ordered if now_ns is None or p.time_ns < now_ns]
+    latest = past[0] if past else None
+
+    def bound(duration: Duration) -> int | None:
+        """None for a rule that is off; with every point in the future, all are within."""
+        if duration.zero:
+            return None
+        return subtract(latest, duration) if latest is not None else ordered[-1].time_ns - 1
+
     within_rules: list[tuple[str, Bucket, Duration]] = [
         ("hourly", _hour, policy.within_hourly), ("daily", _day, policy.within_daily),
         ("weekly", _week, policy.within_weekly), ("monthly", _month, policy.within_monthly),
         ("yearly", _year, policy.within_yearly),
     ]
-    within_bounds = [None if d.zero else subtract(latest, d) for _, _, d in within_rules]
+    within_bounds = [bound(d) for _, _, d in within_rules]
     within_seen: list[int | None] = [None] * len(within_rules)
-    within_bound = None if policy.within.zero else subtract(latest, policy.within)
+    within_bound = bound(policy.within)
     oldest = len(ordered) - 1
     decisions = []
     for nr, point in enumerate(ordered):
@@ -207,18 +220,20 @@ def apply(points: Sequence[Point], policy: Policy) -> list[Decision]:
                 continue
             value = bucket(local, nr)
             if value != last_seen[i] or nr == oldest:
+                prefix = "oldest " if value == last_seen[i] else ""
                 last_seen[i] = value
                 if remaining[i] > 0:
                     remaining[i] -= 1
-                reasons.append(f"{name} snapshot" if name != "last" else "last snapshot")
+                reasons.append(f"{prefix}{name} snapshot")
         for i, (name, bucket, duration) in enumerate(within_rules):
-            bound = within_bounds[i]
-            if bound is None or point.time_ns <= bound:
+            limit = within_bounds[i]
+            if limit is None or point.time_ns <= limit:
                 continue
             value = bucket(local, nr)
             if value != within_seen[i] or nr == oldest:
+                prefix = "oldest " if value == within_seen[i] else ""
                 within_seen[i] = value
-                reasons.append(f"{name} within {duration}")
+                reasons.append(f"{prefix}{name} within {duration}")
         decisions.append(Decision(point, bool(reasons), tuple(reasons)))
     return decisions
 

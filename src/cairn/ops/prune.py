@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ KILL_ENV = "CAIRN_TEST_PRUNE_KILL_AT"
 """Test hook: the name of a step after which the process kills itself with SIGKILL."""
 PAUSE_ENV = "CAIRN_TEST_PRUNE_PAUSE_AT"
 """Test hook: ``step=seconds``, a pause after that step (to run other processes beside it)."""
+KILL_AFTER_ENV = "CAIRN_TEST_PRUNE_KILL_AFTER_WRITES"
+"""Test hook: N, to SIGKILL the process once the N-th store or delete of this prune returned
+(its lock's first write is the first): a kill between any two changes to the storage."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +104,40 @@ def _checkpoint(step: str) -> None:
 
 def prune(repo: Repository, options: PruneOptions | None = None, progress: Progress | None = None) -> PruneResult:
     options = options or PruneOptions()
+    if os.environ.get(KILL_AFTER_ENV):
+        repo.backend = _KillAfterWrites(repo.backend, int(os.environ[KILL_AFTER_ENV]))
     if not options.dry_run:
         if options.ignore_snapshots:
             raise UsageError("prune may ignore snapshots only in a dry run")
         mnt.refuse_if_append_only(repo, "prune")
     with mnt.maintenance_lock(repo, "prune") as held:
         return _Prune(repo, options, held.id, progress or (lambda phase, done, total: None)).run()
+
+
+class _KillAfterWrites:
+    """The test hook of KILL_AFTER_ENV: passes every call through, counting stores and deletes."""
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self._inner = inner
+        self._left = limit
+        self._mutex = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _count(self) -> None:
+        with self._mutex:
+            self._left -= 1
+            if self._left <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def store(self, name: str, data: bytes | memoryview) -> None:
+        self._inner.store(name, data)
+        self._count()
+
+    def delete(self, name: str) -> None:
+        self._inner.delete(name)
+        self._count()
 
 
 class _Prune:

@@ -27,6 +27,9 @@ from cairn.files.tree import Node, decode_tree, encode_tree
 from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.check import CheckOptions, check
 from cairn.ops.restore import RestoreOptions, restore
+from cairn.repo import blob as blob_mod
+from cairn.repo import crypto as crypto_mod
+from cairn.repo import index as index_mod
 from cairn.repo import lock as lock_mod
 from cairn.repo import snapshot as snapshot_mod
 from cairn.repo.blob import ZSTD, BlobType, blob_aad, open_blob
@@ -35,8 +38,10 @@ from cairn.repo.keys import KdfParams
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
 from cairn.storage.base import Backend
+from cairn.storage.local import LocalBackend
 from cairn.testing.faulty import FaultyBackend, SimulatedCrash
 from cairn.testing.memory import MemoryBackend
+from conftest import PASSWORD, CliRun, one_line_error
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -226,6 +231,93 @@ def test_find_snapshot_refuses_ambiguous_unknown_and_short_refs(
         repo.find_snapshot("abc")
     with pytest.raises(NotFound, match="no snapshots yet"):
         init().find_snapshot("latest")
+
+
+# -- verify before upload (docs/FORMAT.md §6) ------------------------------------------------
+
+BAD_CONTENT = b"the file whose compression or encryption goes wrong\n" * 200  # compressible
+
+
+def blobs_in_storage(repo: Repository) -> tuple[set[bytes], set[bytes]]:
+    """(blob ids named by index objects, blob ids in the headers of the packs themselves)."""
+    indexed: set[bytes] = set()
+    for obj in repo.backend.list("index/"):
+        index_id = obj.name.rsplit("/", 1)[-1]
+        packs, _ = index_mod.decode_index(repo.load_object("index", index_id), index_id)
+        indexed.update(entry.blob_id for _, records in packs for entry in index_mod.iter_records(records))
+    packed: set[bytes] = set()
+    for obj in repo.backend.list("data/"):
+        pack_id = bytes.fromhex(obj.name.rsplit("/", 1)[-1])
+        packed.update(entry.blob_id for entry in repo.read_pack_header(pack_id, obj.size))
+    return indexed, packed
+
+
+def break_compressor(monkeypatch: pytest.MonkeyPatch, bad: bytes) -> None:
+    """zstd returns a valid frame of the wrong content for `bad` (as a library bug would)."""
+    real = blob_mod._compressor
+
+    class Wrong:
+        def __init__(self, compressor: zstd.ZstdCompressor) -> None:
+            self.compressor = compressor
+
+        def compress(self, data: bytes | memoryview, mode: int) -> bytes:
+            if bytes(data) == bad:
+                data = b"X" + bytes(data)[1:]
+            return self.compressor.compress(data, mode=mode)
+
+    monkeypatch.setattr(blob_mod, "_compressor", lambda level: Wrong(real(level)))
+
+
+def break_sealer(monkeypatch: pytest.MonkeyPatch, bad_aad: list[bytes]) -> None:
+    """AES-GCM returns a ciphertext with one flipped bit when it seals the blob whose
+    associated data is in `bad_aad` (filled in once the repository's id key is known)."""
+    real = crypto_mod.AESGCM
+
+    class Wrong:
+        def __init__(self, key: bytes) -> None:
+            self.aead = real(key)
+
+        def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+            sealed = bytearray(self.aead.encrypt(nonce, plaintext, aad))
+            if aad in bad_aad:
+                sealed[len(sealed) // 2] ^= 0x10
+            return bytes(sealed)
+
+        def decrypt(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+            return self.aead.decrypt(nonce, sealed, aad)
+
+    monkeypatch.setattr(crypto_mod, "AESGCM", Wrong)
+
+
+@pytest.mark.parametrize("fault", ["compressor", "sealer"])
+def test_a_blob_that_does_not_verify_is_never_uploaded(
+    fault: str, tmp_path: Path, repo_dir: Path, data: Path, cli: CliRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("-r", str(repo_dir), "backup", str(data)).exit_code == 0
+    (data / "docs" / "broken.txt").write_bytes(BAD_CONTENT)
+    (data / "after.bin").write_bytes(os.urandom(200_000))
+    bad_id = Repository.open(LocalBackend(repo_dir), PASSWORD.encode()).blob_id(BAD_CONTENT)
+    with monkeypatch.context() as patch:
+        if fault == "compressor":
+            break_compressor(patch, BAD_CONTENT)
+        else:
+            break_sealer(patch, [blob_aad(BlobType.DATA, bad_id)])
+        failed = cli("-r", str(repo_dir), "backup", str(data))
+    assert failed.exit_code == DamagedObject.exit_code
+    line = one_line_error(failed)
+    assert line.startswith(f"cairn: blob {bad_id.hex()[:12]} did not verify before upload (")
+    assert line.endswith("its compression or encryption produced wrong bytes; nothing holding it was written")
+
+    repo = Repository.open(LocalBackend(repo_dir), PASSWORD.encode())
+    indexed, packed = blobs_in_storage(repo)
+    assert bad_id not in indexed and bad_id not in packed
+    assert len(repo.list_snapshots()) == 1  # the failed backup published no snapshot
+    assert cli("-r", str(repo_dir), "check", "--read-data").exit_code == 0
+    # With the library fixed, the same backup stores the file and it restores intact.
+    assert cli("-r", str(repo_dir), "backup", str(data)).exit_code == 0
+    target = tmp_path / "restored"
+    assert cli("-r", str(repo_dir), "restore", "latest", "--target", str(target)).exit_code == 0
+    assert (target / str(data).lstrip("/") / "docs" / "broken.txt").read_bytes() == BAD_CONTENT
 
 
 # -- locks ------------------------------------------------------------------------------------

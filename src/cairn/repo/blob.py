@@ -67,9 +67,15 @@ def seal_blob(
     else:
         plaintext = bytes([RAW]) + bytes(data)
     sealed = sealer.seal(plaintext, blob_aad(blob_type, blob_id))
-    check = open_blob(sealer, hasher, blob_type, blob_id, sealed)
-    if len(check) != len(data):
-        raise DamagedObject(f"blob {blob_id.hex()[:12]} did not verify before upload")
+    try:
+        open_blob(sealer, hasher, blob_type, blob_id, sealed)  # also checks the content's id
+    except DamagedObject as exc:
+        # Not damage in the repository: nothing holding this blob was written. Say so, so the
+        # user does not go looking for a bad disk.
+        raise DamagedObject(
+            f"blob {blob_id.hex()[:12]} did not verify before upload ({exc.message.removeprefix(f'blob {blob_id.hex()[:12]} ')}): "
+            "its compression or encryption produced wrong bytes; nothing holding it was written"
+        ) from None
     return sealed
 
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from cairn.errors import (
     NotFound,
     RepositoryLocked,
     RepositoryNotFound,
+    StorageError,
     StorageFull,
     UnsupportedVersion,
     UsageError,
@@ -377,6 +379,121 @@ def test_an_exclusive_lock_is_refused_beside_a_shared_one() -> None:
         with pytest.raises(RepositoryLocked, match="shared lock"):
             with Repository.open(repo.backend, b"pw").lock(exclusive=True, command="prune"):
                 pass
+
+
+class HeldOpen:
+    """A stream to back up (`--stdin`): some bytes, then nothing until `finish` is set, so the
+    backup stays inside its lock for as long as the test needs (a long backup, or a machine
+    that slept)."""
+
+    def __init__(self, payload: bytes, held: bool = True) -> None:
+        self.payload = payload
+        self.finish = threading.Event()
+        if not held:
+            self.finish.set()
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self.payload:
+            n = min(len(buffer), len(self.payload))
+            buffer[:n], self.payload = self.payload[:n], self.payload[n:]
+            return n
+        assert self.finish.wait(60), "the test never let the backup finish"
+        return 0
+
+
+def stream_backup(stream: HeldOpen) -> BackupOptions:
+    return BackupOptions(paths=[], stdin_filename="long.bin", stdin=stream)
+
+
+def test_a_long_backup_refreshes_its_lock_and_publishes_after_the_staleness_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Scaled down: refresh every 20 ms, stale after 2 s, so publishing is refused 1 s after
+    # the last refresh (FORMAT.md §12, W2). The backup runs for longer than that.
+    monkeypatch.setattr(lock_mod, "REFRESH_EVERY", 0.02)
+    monkeypatch.setattr(lock_mod, "STALE_AFTER", 2)
+    repo = init()
+    stream = HeldOpen(os.urandom(100_000))
+    seen: list[lock_mod.LockInfo] = []
+
+    def watch() -> None:
+        """What another process sees in locks/ while the backup runs."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for lock in repo.locks.list_locks():
+                if not seen or lock.refreshed_ns != seen[-1].refreshed_ns:
+                    seen.append(lock)
+            if len(seen) >= 3 and time.time_ns() - seen[0].time_ns > 1.5e9:
+                break
+            time.sleep(0.01)
+        stream.finish.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = backup(repo, stream_backup(stream))
+    finally:
+        stream.finish.set()
+        watcher.join()
+    assert result.snapshot_id is not None
+    assert [s.id for s in repo.list_snapshots()] == [result.snapshot_id]
+    assert len({lock.id for lock in seen}) == 1, "one lock object, refreshed in place"
+    assert len(seen) >= 3
+    refreshed = [lock.refreshed_ns for lock in seen]
+    assert refreshed == sorted(refreshed) and refreshed[-1] > seen[0].time_ns
+    assert {lock.time_ns for lock in seen} == {seen[0].time_ns}, "refreshing keeps when it was taken"
+    assert list(repo.backend.list("locks/")) == []
+
+
+def test_a_backup_whose_lock_went_stale_publishes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lock_mod, "REFRESH_EVERY", 0.02)
+    monkeypatch.setattr(lock_mod, "STALE_AFTER", 0.2)  # publishing is refused 0.1 s after the last refresh
+    faulty = FaultyBackend(MemoryBackend())
+    repo = init(faulty)
+    first = backup(repo, stream_backup(HeldOpen(b"first", held=False)))
+    stream = HeldOpen(b"second" * 10_000)
+    indexes_before = names(faulty, "index/")
+
+    # From the second store on, the storage refuses every lock write: the backup takes its lock,
+    # then every refresh fails while it waits for its input for longer than the limit.
+    faulty.fail("store", StorageError, prefix="locks/", nth=2, times=None)
+
+    def release_when_stale() -> None:
+        """Let the backup go on once a few refreshes have failed and the limit has passed."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and lock_stores(faulty) < 4:
+            time.sleep(0.01)
+        time.sleep(0.15)  # past the limit even if the last refresh had worked
+        stream.finish.set()
+
+    releaser = threading.Thread(target=release_when_stale)
+    releaser.start()
+    try:
+        with pytest.raises(RepositoryLocked) as raised:
+            backup(repo, stream_backup(stream))
+    finally:
+        stream.finish.set()
+        releaser.join()
+    assert "could not refresh its lock for too long" in str(raised.value)
+    assert "nothing more is saved: run it again" in str(raised.value)
+    assert [s.id for s in repo.list_snapshots()] == [first.snapshot_id]
+    assert names(faulty, "index/") == indexes_before, "no index object was published"
+    assert list(faulty.list("locks/")) == []  # released: deleting still works
+
+    faulty.clear()
+    again = backup(repo, stream_backup(HeldOpen(b"second" * 10_000, held=False)))
+    assert {s.id for s in repo.list_snapshots()} == {first.snapshot_id, again.snapshot_id}
+    result = check(Repository.open(faulty, b"pw"), CheckOptions(read_data=True))
+    assert result.errors == []
+
+
+def names(backend: Backend, prefix: str) -> set[str]:
+    return {info.name for info in backend.list(prefix)}
+
+
+def lock_stores(faulty: FaultyBackend) -> int:
+    """How many lock writes (the acquisition, then refreshes) were tried."""
+    return sum(1 for method, name in list(faulty.log) if method == "store" and name.startswith("locks/"))
 
 
 # -- format version and failing storage ----------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,10 +15,16 @@ import pytest
 
 import cairn.storage.local
 from cairn.errors import ObjectMissing, StorageError, StorageFull, StorageReadOnly
+from cairn.ops.backup import BackupOptions, backup
+from cairn.ops.check import CheckOptions, check
+from cairn.ops.restore import RestoreOptions, restore
+from cairn.repo.repository import Repository
 from cairn.storage.local import TEMP_PREFIX, LocalBackend
 from cairn.testing.conformance import BackendConformance, names, pattern
 from cairn.testing.faulty import FaultyBackend
 from cairn.testing.memory import MemoryBackend
+from conftest import FAST_KDF, PASSWORD
+from servers import missing
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="mounts tmpfs and loop ext4 filesystems: needs root"
@@ -40,6 +48,123 @@ class TestFaultyBackendWithoutFaults(BackendConformance):
     @pytest.fixture
     def backend(self) -> Iterator[FaultyBackend]:
         yield FaultyBackend(MemoryBackend())
+
+
+# -- the local backend on the filesystems of external drives and servers (root only) ------------
+
+
+class LoopFilesystem:
+    """A filesystem of `kind` in an image file, mounted at ``base/mnt`` for one test class.
+
+    XFS through the kernel's driver; FAT32 and exFAT through FUSE (Debian's fusefat and
+    exfat-fuse), as these kernels have no vfat or exfat driver. The drivers differ from the
+    kernel's, but what the backend relies on (rename over a file, fsync, names, sizes) is the
+    filesystem's format, which is the same.
+    """
+
+    TOOLS = {
+        "xfs": ("mkfs.xfs", "xfsprogs"),
+        "fat32": ("fusefat", "fusefat"),
+        "exfat": ("mount.exfat-fuse", "exfat-fuse"),
+    }
+    MOUNT_TYPE = {"xfs": "xfs", "fat32": "fuse.fusefat", "exfat": "fuseblk"}
+
+    def __init__(self, kind: str, base: Path) -> None:
+        self.kind = kind
+        self.path = base / "mnt"
+        self.image = base / "fs.img"
+        self.log = base / "mount.log"
+        self.loop: str | None = None
+        self.path.mkdir()
+        if kind == "xfs":
+            run("truncate", "-s", "300M", self.image)  # the smallest XFS mkfs.xfs makes; sparse
+            run("mkfs.xfs", "-q", "-f", self.image)
+            run("mount", "-o", "loop", self.image, self.path)
+        elif kind == "fat32":
+            run("truncate", "-s", "96M", self.image)
+            run("mkfs.vfat", "-F", "32", self.image)
+            self._daemon("fusefat", "-o", "rw+", self.image, self.path)  # rw+: fusefat's write mode
+        else:
+            run("truncate", "-s", "96M", self.image)
+            run("mkfs.exfat", self.image)
+            self.loop = subprocess.run(
+                ["losetup", "-f", "--show", str(self.image)], check=True, capture_output=True, text=True
+            ).stdout.strip()  # exfat-fuse mounts block devices only
+            self._daemon("mount.exfat-fuse", self.loop, self.path)
+        mounted = [line.split()[2] for line in Path("/proc/mounts").read_text().splitlines()
+                   if line.split()[1] == str(self.path)]
+        assert mounted == [self.MOUNT_TYPE[kind]], f"{self.path} is mounted as {mounted}"
+
+    def _daemon(self, *args: str | Path) -> None:
+        """Start a FUSE driver; it forks into the background, so its output goes to a file
+        (a pipe would stay open as long as the daemon lives)."""
+        with open(self.log, "ab") as log:
+            done = subprocess.run([str(a) for a in args], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {self.log.read_text(errors='replace')[-2000:]}")
+
+    def unmount(self) -> None:
+        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+        if self.loop is not None:
+            subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+
+
+@pytest.fixture(scope="class")
+def loop_filesystem(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopFilesystem]:
+    kind = request.param
+    if os.geteuid() != 0:
+        pytest.skip(f"mounting a {kind} filesystem needs root")
+    tool, package = LoopFilesystem.TOOLS[kind]
+    if shutil.which(tool) is None:
+        missing(f"{tool} not installed (Debian: {package})")
+    mounted = LoopFilesystem(kind, tmp_path_factory.mktemp(kind))
+    try:
+        yield mounted
+    finally:
+        mounted.unmount()
+
+
+class OnLoopFilesystem(BackendConformance):
+    """The conformance suite in a fresh folder of one mounted filesystem per class."""
+
+    @pytest.fixture
+    def backend(self, loop_filesystem: LoopFilesystem, request: pytest.FixtureRequest) -> Iterator[LocalBackend]:
+        root = loop_filesystem.path / f"repo-{secrets.token_hex(4)}"
+        root.mkdir()
+        yield LocalBackend(root)
+        shutil.rmtree(root)  # the next test's room
+        assert temporaries(loop_filesystem.path) == []
+
+    def test_a_repository_on_it_backs_up_checks_and_restores(
+        self, backend: LocalBackend, tmp_path: Path, data: Path
+    ) -> None:
+        repo = Repository.init(backend, PASSWORD.encode(), FAST_KDF, pack_size=512 * 1024)
+        saved = backup(repo, BackupOptions(paths=[str(data)]))
+        reopened = Repository.open(LocalBackend(backend.location), PASSWORD.encode())
+        assert check(reopened, CheckOptions(read_data=True)).errors == []
+        restore(reopened, RestoreOptions(snapshot=saved.snapshot_id.hex(), target=str(tmp_path / "out")))
+        restored = tmp_path / "out" / str(data).lstrip("/")
+        assert (restored / "photo.raw").read_bytes() == (data / "photo.raw").read_bytes()
+        assert (restored / "docs" / "letter.txt").read_text() == "Dear reader,\n" * 50
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("loop_filesystem", ["xfs"], indirect=True, scope="class")
+class TestLocalBackendOnXfs(OnLoopFilesystem):
+    pass
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("loop_filesystem", ["fat32"], indirect=True, scope="class")
+class TestLocalBackendOnFat32(OnLoopFilesystem):
+    pass
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("loop_filesystem", ["exfat"], indirect=True, scope="class")
+class TestLocalBackendOnExfat(OnLoopFilesystem):
+    pass
 
 
 def temporaries(root: Path) -> list[Path]:

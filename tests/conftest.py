@@ -104,6 +104,8 @@ def one_line_error(result: Result) -> str:
     return lines[0]
 
 
-
 # Real storage servers (sshd, SeaweedFS, moto) as session fixtures, started on first use only.
 from servers import moto_s3, seaweedfs, sshd  # noqa: E402,F401
+
+# Under CI, skipped root tests and skips for a missing tool fail the run (tests/ci_skips.py).
+from ci_skips import pytest_collection_modifyitems, pytest_runtest_logreport, pytest_sessionfinish  # noqa: E402,F401

@@ -320,7 +320,7 @@ def test_full_disk_raises_storage_full_and_keeps_what_was_stored(small_fs: Mount
             backend.store(name, data)
             stored[name] = data
     failed = f"data/{len(stored):02x}/obj{len(stored)}"
-    assert str(caught.value) == f"no space left on {root} while writing {failed}"
+    assert str(caught.value) == f"no space left on {root} while writing {failed}: {StorageFull.AFTERMATH}"
     assert len(stored) >= 5
     for name, data in stored.items():
         assert backend.load(name) == data
@@ -340,7 +340,7 @@ def test_object_larger_than_the_free_space(small_fs: Mounted) -> None:
     backend.store("config", b"small")
     with pytest.raises(StorageFull) as caught:
         backend.store("data/big", pattern(9 * 1024 * 1024))
-    assert str(caught.value) == f"no space left on {small_fs.path} while writing data/big"
+    assert str(caught.value) == f"no space left on {small_fs.path} while writing data/big: {StorageFull.AFTERMATH}"
     assert names(backend.list()) == {"config"}
     assert temporaries(small_fs.path) == []
 

@@ -82,6 +82,9 @@ class StorageFull(StorageError):
     """The storage has no space left; nothing partial was left behind."""
 
     exit_code = 18
+    AFTERMATH = "nothing already in the repository was changed and it stays readable; free some space and run the command again"
+    """What a user needs to hear next: a failed write never replaces or truncates an object, and
+    the order of writes (docs/FORMAT.md §12) means the snapshots stored before stay whole."""
 
 
 class StorageReadOnly(StorageError):

@@ -68,7 +68,7 @@ class LocalBackend:
         code = exc.errno
         writing = action in ("write", "delete")
         if code in _FULL and action == "write":
-            return StorageFull(f"no space left on {self.location} while writing {name}")
+            return StorageFull(f"no space left on {self.location} while writing {name}: {StorageFull.AFTERMATH}")
         if code in _READ_ONLY and writing:
             return StorageReadOnly(f"{self.location} is read-only: cannot {action} {name}")
         if code in _ABSENT and action in ("read", "delete"):

@@ -129,7 +129,7 @@ class OnLoopFilesystem(BackendConformance):
     """The conformance suite in a fresh folder of one mounted filesystem per class."""
 
     @pytest.fixture
-    def backend(self, loop_filesystem: LoopFilesystem, request: pytest.FixtureRequest) -> Iterator[LocalBackend]:
+    def backend(self, loop_filesystem: LoopFilesystem) -> Iterator[LocalBackend]:
         root = loop_filesystem.path / f"repo-{secrets.token_hex(4)}"
         root.mkdir()
         yield LocalBackend(root)

@@ -3,7 +3,10 @@
 Object ``a/b/c`` is the file ``<root>/a/b/c``. Only what every filesystem cairn meets can do is
 used — ext4, XFS, NFS, FAT32 and exFAT: regular files and folders, ``os.replace`` within one
 folder, ``fsync``. No symlinks, no hard links, no permissions or ownership, no file over
-`MAX_OBJECT_SIZE` (the FAT32 limit).
+`MAX_OBJECT_SIZE` (the FAT32 limit). Tested on ext4, tmpfs, XFS, and FAT32 and exFAT through
+their FUSE drivers (tests/test_storage.py). One FAT32 limit remains: a folder holds at most
+65,536 entries and a 64-hex-digit name takes 6 of them, so about 10,900 objects fit in the flat
+``snapshots/`` and ``index/`` folders (``data/`` is spread over 256 subfolders).
 
 A write goes to a temporary file ``.tmp-<random>`` beside its target and is renamed over it once
 it is durable. Valid object names never start with a dot, so temporaries (and foreign files such

@@ -408,10 +408,11 @@ def stream_backup(stream: HeldOpen) -> BackupOptions:
 def test_a_long_backup_refreshes_its_lock_and_publishes_after_the_staleness_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Scaled down: refresh every 20 ms, stale after 2 s, so publishing is refused 1 s after
-    # the last refresh (FORMAT.md §12, W2). The backup runs for longer than that.
+    # Scaled down: refresh every 20 ms, stale after 4 s, so publishing is refused 2 s after
+    # the last refresh (FORMAT.md §12, W2; a margin for a loaded machine). The backup runs for
+    # longer than that.
     monkeypatch.setattr(lock_mod, "REFRESH_EVERY", 0.02)
-    monkeypatch.setattr(lock_mod, "STALE_AFTER", 2)
+    monkeypatch.setattr(lock_mod, "STALE_AFTER", 4)
     repo = init()
     stream = HeldOpen(os.urandom(100_000))
     seen: list[lock_mod.LockInfo] = []
@@ -423,7 +424,7 @@ def test_a_long_backup_refreshes_its_lock_and_publishes_after_the_staleness_limi
             for lock in repo.locks.list_locks():
                 if not seen or lock.refreshed_ns != seen[-1].refreshed_ns:
                     seen.append(lock)
-            if len(seen) >= 3 and time.time_ns() - seen[0].time_ns > 1.5e9:
+            if len(seen) >= 3 and time.time_ns() - seen[0].time_ns > 2.2e9:
                 break
             time.sleep(0.01)
         stream.finish.set()

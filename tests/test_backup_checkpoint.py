@@ -146,3 +146,68 @@ def test_checkpoints_in_process_cover_open_folders(tmp_path: Path, big_tree: Pat
     assert result.resumed and result.files_unchanged >= 30 and result.files == 96
     assert result.bytes_read == (96 - result.files_unchanged) * 2 * MiB
     assert store.load() is None
+
+
+# -- packs stored after the last index write ----------------------------------------------------
+
+
+def stored_objects(root: Path) -> dict[str, int]:
+    """Every object of a local repository (not locks, not a killed writer's temporaries) -> size."""
+    return {
+        str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.relative_to(root).parts[0] != "locks"
+    }
+
+
+def indexed_copies(repo: Repository) -> dict[bytes, int]:
+    """blob id -> how many indexed packs hold it (more than 1: the data was uploaded twice)."""
+    from cairn.repo.index import decode_index, iter_records
+
+    copies: dict[bytes, int] = {}
+    for obj in repo.backend.list("index/"):
+        index_id = obj.name.rsplit("/", 1)[-1]
+        packs, _ = decode_index(repo.load_object("index", index_id), index_id)
+        for _, records in packs:
+            for entry in iter_records(records):
+                copies[entry.blob_id] = copies.get(entry.blob_id, 0) + 1
+    return copies
+
+
+def test_kill_9_between_index_writes_then_the_next_run_uploads_nothing_again(
+    tmp_path: Path, env: dict[str, str], big_tree: Path
+) -> None:
+    """Packs stored after the last index object (here: no checkpoint at all) are adopted by the
+    next run instead of uploaded again (docs/FORMAT.md §12, W4)."""
+    killed = subprocess.run(
+        cairn(tmp_path, "backup", "--host", "box", "--checkpoint-interval", "0", str(big_tree)),
+        env={**env, "CAIRN_TEST_BACKUP_KILL_AFTER_PACKS": "3"}, capture_output=True, text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before = stored_objects(tmp_path / "repo")
+    left = {name: size for name, size in before.items() if name.startswith("data/")}
+    assert len(left) >= 3 and not any(n.startswith(("index/", "snapshots/")) for n in before)
+
+    done = subprocess.run(cairn(tmp_path, "--json", "backup", "--host", "box", str(big_tree)), env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "uploaded again" not in done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])
+    after = stored_objects(tmp_path / "repo")
+    written = sum(size for name, size in after.items() if name not in before)
+    stored_data = sum(size for name, size in after.items() if name.startswith("data/"))
+    repo = Repository.open(LocalBackend(tmp_path / "repo"), PASSWORD.encode())
+    copies = indexed_copies(repo)
+    assert max(copies.values()) == 1  # no blob of the killed run was stored a second time
+    adopted = sum(size for name, size in left.items() if repo.knows_pack(bytes.fromhex(name.rsplit("/", 1)[-1])))
+    assert adopted >= 3 * repo.config.pack_size
+    # What the run wrote is what the killed one had not: the data minus the adopted packs, and
+    # at most one pack the killed run was storing when it died (finished, but not journaled).
+    assert written <= stored_data - adopted + MiB
+    total = sum(p.stat().st_size for p in big_tree.rglob("*") if p.is_file())
+    assert summary["bytes_read"] == total and summary["bytes_added"] < total - 3 * repo.config.pack_size
+    assert check(repo, CheckOptions(read_data=True)).ok
+    restore(repo, RestoreOptions(f"latest:{big_tree}", str(tmp_path / "out")))
+    for path in big_tree.rglob("*.txt"):
+        assert (tmp_path / "out" / path.relative_to(big_tree)).read_bytes() == path.read_bytes()
+    print(f"killed run left {sum(left.values()):,} B in {len(left)} packs; adopted {adopted:,} B; "
+          f"next run wrote {written:,} B of {stored_data:,} B of packs")

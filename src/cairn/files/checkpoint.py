@@ -15,7 +15,13 @@ only the pointer to it, in the user's cache folder
   parent), so a checkpoint whose data was pruned meanwhile just means those files are read.
 
 The price: a backup resumed on another machine, or after the cache folder was wiped, reads
-everything again (the packs already uploaded are still deduplicated against).
+everything again (the packs already indexed are still deduplicated against).
+
+Beside the pointer, a **pack journal** (`PackJournal`, same name with ``.packs``) names the
+packs the running backup stored but has not named in an index object yet (at most
+INDEX_EVERY_PACKS). After a kill -9 the next run adopts them (`cairn.repo.adopt`, rule W4 of
+docs/FORMAT.md §12) instead of uploading their data again. It is rewritten after every pack, so
+it is not fsynced (a lost journal only costs the upload it would have saved); the pointer is.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,20 +73,72 @@ class CheckpointStore:
             return None
 
     def save(self, checkpoint: Checkpoint) -> None:
-        """Write atomically (a torn file must not be read as a checkpoint); errors are ignored,
-        since the backup itself does not depend on this file."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({
-                "v": FORMAT, "tree": checkpoint.tree.hex(), "program": checkpoint.program, "time": checkpoint.time_ns,
-            }))
-            os.replace(tmp, self.path)
-        except OSError:
-            pass
+        """Write atomically and durably (a torn file must not be read as a checkpoint, and after
+        a power loss the pointer must name the checkpoint whose data the repository holds, not
+        vanish); errors are ignored, since the backup itself does not depend on this file."""
+        _write_file(self.path, json.dumps({
+            "v": FORMAT, "tree": checkpoint.tree.hex(), "program": checkpoint.program, "time": checkpoint.time_ns,
+        }).encode(), durable=True)
 
     def clear(self) -> None:
         try:
             self.path.unlink()
+        except OSError:
+            pass
+
+    def journal(self) -> PackJournal:
+        return PackJournal(self.path.with_name(self.path.name + ".packs"))
+
+
+class PackJournal:
+    """The packs of a running backup that no index object names yet (see the module doc)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> list[bytes]:
+        """The packs a previous run noted; [] when there is no readable journal."""
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("v") != FORMAT:
+                return []
+            packs = [bytes.fromhex(p) for p in data["packs"]]
+            return [p for p in packs if len(p) == 32]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return []
+
+    def save(self, packs: list[bytes]) -> None:
+        """Record `packs` (the whole list, replacing the last); errors are ignored."""
+        _write_file(self.path, json.dumps({"v": FORMAT, "packs": [p.hex() for p in packs]}).encode(), durable=False)
+
+    def clear(self) -> None:
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+
+def _write_file(path: Path, data: bytes, durable: bool) -> None:
+    """Replace `path` by `data` atomically (a temporary file renamed over it); when `durable`,
+    fsync the file before the rename and the folder after it, as the local backend does, so a
+    power loss leaves the old or the new content, never an empty or missing file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        if durable:
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+    except OSError:
+        try:
+            tmp.unlink()
         except OSError:
             pass

@@ -4,15 +4,19 @@ The snapshot is written last, after the data and the index (see Repository), so 
 backup leaves a consistent repository whose uploaded blobs the next backup reuses. The parent
 (the snapshot compared against, so unchanged files are not read) is `options.parent`, else the
 latest snapshot of the same host and the same paths taken no later than this one's time; a
-checkpoint left by an interrupted run of the same backup comes before it (files/checkpoint.py).
+checkpoint left by an interrupted run of the same backup comes before it (files/checkpoint.py),
+and the packs that run stored after its last index object are adopted (repo/adopt.py), so
+neither the files it saved are read again nor the data it uploaded is uploaded again.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,9 +32,14 @@ from cairn.files.scanner import start_prescan
 from cairn.files.stream import archive_stream, stream_path
 from cairn.files.verified import VerifiedSnapshots
 from cairn.repo import identity
+from cairn.repo.adopt import Adopted, adopt
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
 from cairn.version import __version__
+
+KILL_AFTER_PACKS_ENV = "CAIRN_TEST_BACKUP_KILL_AFTER_PACKS"
+"""Test hook: kill this process with SIGKILL once that many packs are stored and not yet
+named by an index object (a crash between two index writes)."""
 
 # The snapshot lists at most this many skipped paths (the count is always exact), so a folder
 # of a million unreadable files cannot make the snapshot object huge.
@@ -87,6 +96,9 @@ class BackupResult:
     warnings: list[tuple[str, str]] = field(default_factory=list)
     resumed: bool = False
     """A checkpoint of an interrupted run was used."""
+    adopted_packs: int = 0
+    adopted_bytes: int = 0
+    """Packs (and their stored bytes) an interrupted run uploaded, reused instead of uploaded again."""
 
 
 def program() -> str:
@@ -156,38 +168,68 @@ def backup(
         store = CheckpointStore(repo.config.id, host, paths, cache)
         verified = VerifiedSnapshots(repo, cache)
         resumed = None if options.force or options.stdin_filename is not None else store.load()
-        if options.stdin_filename is not None:
-            source: RawReader | list[str] | None = options.stdin_command or options.stdin
-            if source is None:
-                raise UsageError("--stdin needs a stream to read")
-            result = archive_stream(repo, source, options.stdin_filename, time_ns, options.dry_run)
-        else:
-            relied = verified.still_indexed(parent.id) if parent is not None and resumed is None else None
-            indexed = relied is not None
-            for pack_id in relied or ():
-                repo.relied.rely(pack_id)  # what the skipped index lookups would have declared
-            result = _archive_files(repo, options, paths, excluder, parent, resumed, indexed, store, progress)
-        duration = time.monotonic() - start
-        snapshot_id = None
-        if not options.dry_run:
-            repo.flush()
-            snapshot = Snapshot(
-                kind="files", root=result.root, paths=paths, host=host, user=identity.username(),
-                time_ns=time_ns, tz_offset=tz_offset, tags=list(options.tags),
-                parent=parent.id if parent is not None else None,
-                summary=_summary(result, duration, resumed is not None), program=program(),
-            )
-            snapshot_id = repo.save_snapshot(snapshot)
-            store.clear()
-            verified.record(snapshot_id, repo.relied.relied, previous=parent.id if parent is not None else None)
+        with _pack_journal(repo, store, options.dry_run) as adopted:
+            if options.stdin_filename is not None:
+                source: RawReader | list[str] | None = options.stdin_command or options.stdin
+                if source is None:
+                    raise UsageError("--stdin needs a stream to read")
+                result = archive_stream(repo, source, options.stdin_filename, time_ns, options.dry_run)
+            else:
+                relied = verified.still_indexed(parent.id) if parent is not None and resumed is None else None
+                indexed = relied is not None
+                for pack_id in relied or ():
+                    repo.relied.rely(pack_id)  # what the skipped index lookups would have declared
+                result = _archive_files(repo, options, paths, excluder, parent, resumed, indexed, store, progress)
+            duration = time.monotonic() - start
+            snapshot_id = None
+            if not options.dry_run:
+                repo.flush()
+                snapshot = Snapshot(
+                    kind="files", root=result.root, paths=paths, host=host, user=identity.username(),
+                    time_ns=time_ns, tz_offset=tz_offset, tags=list(options.tags),
+                    parent=parent.id if parent is not None else None,
+                    summary=_summary(result, duration, resumed is not None), program=program(),
+                )
+                snapshot_id = repo.save_snapshot(snapshot)
+                store.clear()
+                verified.record(snapshot_id, repo.relied.relied, previous=parent.id if parent is not None else None)
     return BackupResult(
         snapshot_id=snapshot_id, parent_id=parent.id if parent is not None else None,
         files=result.files, dirs=result.dirs, bytes_read=result.bytes_read, bytes_added=result.bytes_added,
         duration=duration, skipped=result.skipped, files_new=result.files_new, files_changed=result.files_changed,
         files_unchanged=result.files_unchanged, dirs_new=result.dirs_new, dirs_changed=result.dirs_changed,
-        dirs_unchanged=result.dirs_unchanged, bytes_total=result.bytes_total, warnings=result.warnings,
-        resumed=resumed is not None,
+        dirs_unchanged=result.dirs_unchanged, bytes_total=result.bytes_total,
+        warnings=adopted.warnings() + result.warnings,
+        resumed=resumed is not None, adopted_packs=adopted.packs, adopted_bytes=adopted.bytes,
     )
+
+
+@contextmanager
+def _pack_journal(repo: Repository, store: CheckpointStore, dry_run: bool) -> Iterator[Adopted]:
+    """Adopt the packs an interrupted run left unindexed, then journal ours until the snapshot
+    is saved (files/checkpoint.py, repo/adopt.py). A dry run writes nothing, so adopts nothing."""
+    if dry_run:
+        yield Adopted()
+        return
+    journal = store.journal()
+    adopted = adopt(repo, journal.load())
+    journal.save([])  # what it named is indexed now, or is uploaded again
+    kill_after = int(os.environ.get(KILL_AFTER_PACKS_ENV) or 0)
+
+    def note(unindexed: list[bytes]) -> None:
+        journal.save(unindexed)
+        if kill_after and len(unindexed) >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    repo.pack_listener = note
+    ok = False
+    try:
+        yield adopted
+        ok = True
+    finally:
+        repo.pack_listener = None
+        if ok:
+            journal.clear()
 
 
 def _archive_files(

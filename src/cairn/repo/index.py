@@ -168,6 +168,10 @@ class BlobIndex:
             self.pack_ids.append(pack_id)
         return number
 
+    def has_pack(self, pack_id: bytes) -> bool:
+        """Whether an entry of the index (loaded, or added by this writer) is in `pack_id`."""
+        return pack_id in self._pack_numbers
+
     def add(self, pack_id: bytes, entry: PackEntry) -> None:
         if entry.blob_id in self:
             return  # a duplicate from a concurrent writer: either copy serves

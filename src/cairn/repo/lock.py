@@ -54,6 +54,10 @@ class LockInfo:
         now_ns = time.time_ns() if now_ns is None else now_ns
         if now_ns - self.refreshed_ns > STALE_AFTER * 1_000_000_000:
             return True
+        return self.process_gone()
+
+    def process_gone(self) -> bool:
+        """Certainly dead: its process was on this host and runs no more (it will write nothing)."""
         return self.host == identity.hostname() and not _process_alive(self.pid)
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cairn.errors import DamagedObject, NotFound, ObjectMissing, RepositoryLocked, RepositoryNotFound, UsageError, WrongPassword
@@ -57,6 +57,11 @@ class Repository:
         """Packs this writer uses, kept indexed before its snapshot (docs/FORMAT.md §12)."""
         self._lock_fresh_ns: int | None = None
         """When the lock this process holds was last written, or None without a lock."""
+        self.pack_listener: Callable[[list[bytes]], None] | None = None
+        """Told the packs stored but not yet named by an index object of ours, each time that
+        list changes, so a local journal can let the next run adopt them after a kill -9
+        (`cairn.repo.adopt`). Called from saver threads, one call at a time."""
+        self._listener_lock = threading.Lock()
 
     # -- creating and opening ------------------------------------------------------------
 
@@ -245,6 +250,7 @@ class Repository:
                 self._in_flight.discard(entry.blob_id)
             self._unsaved.append((builder.pack_id, builder.entries))
             write_index = len(self._unsaved) >= INDEX_EVERY_PACKS
+        self._tell_listener()
         if write_index:
             self._write_index()
 
@@ -253,6 +259,35 @@ class Repository:
             unsaved, self._unsaved = self._unsaved, []
         if unsaved:
             self._store_index(unsaved)
+            self._tell_listener()
+
+    def _tell_listener(self) -> None:
+        if self.pack_listener is None:
+            return
+        with self._listener_lock:  # the last call made always carries the latest list
+            with self._mutex:
+                unindexed = [pack_id for pack_id, _ in self._unsaved]
+            self.pack_listener(unindexed)
+
+    def knows_pack(self, pack_id: bytes) -> bool:
+        """Whether the index (loaded, or grown by this process) names `pack_id`."""
+        self.load_index()
+        with self._mutex:
+            return self.index.has_pack(pack_id)
+
+    def adopt_packs(self, packs: list[tuple[bytes, list[PackEntry]]]) -> None:
+        """Name packs no index names (their headers read from storage) in a new index object,
+        then deduplicate against them. Only `cairn.repo.adopt` calls this, after the checks
+        that make it safe beside a prune (docs/FORMAT.md §12, W4): the index object is written
+        before anything relies on the packs."""
+        if not packs:
+            return
+        self._store_index(packs)
+        with self._mutex:
+            for pack_id, entries in packs:
+                for entry in entries:
+                    self.index.add(pack_id, entry)
+                self.relied.rely(pack_id)
 
     def _store_index(self, packs: list[tuple[bytes, list[PackEntry]]]) -> None:
         self._check_lock_fresh()

@@ -16,9 +16,10 @@ import pytest
 
 from conftest import FAST_KDF, FAST_KDF_ARGS, PASSWORD, SRC
 from cairn.files.checkpoint import CheckpointStore
-from cairn.ops.backup import BackupOptions, backup
+from cairn.ops.backup import BackupOptions, BackupResult, backup
 from cairn.ops.check import CheckOptions, check
 from cairn.ops.restore import RestoreOptions, restore
+from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
 
@@ -211,3 +212,121 @@ def test_kill_9_between_index_writes_then_the_next_run_uploads_nothing_again(
         assert (tmp_path / "out" / path.relative_to(big_tree)).read_bytes() == path.read_bytes()
     print(f"killed run left {sum(left.values()):,} B in {len(left)} packs; adopted {adopted:,} B; "
           f"next run wrote {written:,} B of {stored_data:,} B of packs")
+
+
+# -- adoption refused or limited (docs/FORMAT.md §12, W4), in process --------------------------
+
+KiB = 1 << 10
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(repository, tree of 8 incompressible 100 KiB files, cache folder); 256 KiB packs."""
+    tree = tmp_path / "small"
+    tree.mkdir()
+    rng = random.Random(5)
+    for i in range(8):
+        (tree / f"f{i}").write_bytes(rng.randbytes(100 * KiB))
+    Repository.init(LocalBackend(tmp_path / "r"), b"pw", FAST_KDF, pack_size=256 * KiB)
+    return tmp_path / "r", tree, tmp_path / "c"
+
+
+def leave_unindexed_packs(root: Path, tree: Path, cache: Path) -> list[bytes]:
+    """What a backup killed between two index writes leaves: packs and its journal naming them.
+    (Each file is under the minimum chunk size, so it is one blob, as a backup stores it.)"""
+    repo = Repository.open(LocalBackend(root), b"pw")
+    journal = CheckpointStore(repo.config.id, "h", [bytes(tree)], cache).journal()
+    with repo.lock(command="backup"):
+        repo.pack_listener = journal.save
+        for path in sorted(tree.iterdir()):
+            repo.save_blob(BlobType.DATA, path.read_bytes())
+    packs = journal.load()
+    assert len(packs) == 2 and not (root / "index").exists()
+    return packs
+
+
+def back_up_again(root: Path, tree: Path, cache: Path) -> tuple[Repository, BackupResult, int]:
+    """Run the backup; returns the repository, the result and the bytes of packs it wrote."""
+    before = stored_objects(root)
+    repo = Repository.open(LocalBackend(root), b"pw")
+    result = backup(repo, BackupOptions([str(tree)], host="h", cache_dir=cache))
+    after = stored_objects(root)
+    written = sum(size for name, size in after.items() if name.startswith("data/") and name not in before)
+    assert check(repo, CheckOptions(read_data=True)).ok
+    out = root.parent / f"out{len(list(root.parent.glob('out*')))}"
+    restore(repo, RestoreOptions(f"latest:{tree}", str(out)))
+    for path in tree.iterdir():
+        assert (out / path.relative_to(tree)).read_bytes() == path.read_bytes()
+    return repo, result, written
+
+
+def test_adopted_packs_are_not_uploaded_again(small: tuple[Path, Path, Path]) -> None:
+    root, tree, cache = small
+    packs = leave_unindexed_packs(root, tree, cache)
+    repo, result, written = back_up_again(root, tree, cache)
+    assert (result.adopted_packs, result.warnings) == (2, [])
+    assert all(repo.knows_pack(p) for p in packs)
+    assert result.bytes_added // (100 * KiB) == 2  # (and trees): the 6 files in the packs are not stored again
+    assert written < 3 * 100 * KiB
+
+
+def test_a_pack_named_by_a_pending_object_is_not_adopted(small: tuple[Path, Path, Path]) -> None:
+    """A prune decided to delete it: relying on it could lose data, so its blobs are stored again."""
+    from cairn.ops.prune import prune
+    from cairn.repo import maintenance as mnt
+
+    root, tree, cache = small
+    first, second = leave_unindexed_packs(root, tree, cache)
+    repo = Repository.open(LocalBackend(root), b"pw")
+    mnt.save_pending(repo, mnt.Pending(time_ns=time.time_ns(), packs=[first], indexes=[], locks=[]))
+    repo, result, _ = back_up_again(root, tree, cache)
+    assert result.adopted_packs == 1 and repo.knows_pack(second) and not repo.knows_pack(first)
+    assert result.bytes_added // (100 * KiB) == 5
+    assert prune(repo).deleted_packs >= 1  # the pending object is carried out; nothing is lost
+    assert not (root / "data" / first.hex()[:2] / first.hex()).exists()
+    assert check(repo, CheckOptions(read_data=True)).ok
+
+
+def test_no_adoption_beside_a_maintenance_run(small: tuple[Path, Path, Path]) -> None:
+    """A running prune may have judged the packs deletable already: they are uploaded again,
+    with a warning saying why."""
+    from cairn.repo import lock as lock_mod
+
+    root, tree, cache = small
+    leave_unindexed_packs(root, tree, cache)
+    repo = Repository.open(LocalBackend(root), b"pw")
+    pruning = lock_mod.new_lock(os.urandom(32).hex(), False, "prune")  # this process: alive
+    repo.store_object("locks", pruning.id, lock_mod.encode(pruning))
+    try:
+        _, result, _ = back_up_again(root, tree, cache)
+    finally:
+        repo.locks.release(pruning)
+    assert result.adopted_packs == 0 and result.bytes_added // (100 * KiB) == 8
+    assert result.warnings == [("", "the packs of an interrupted run are uploaded again: a maintenance run "
+                                     f"holds the repository ({pruning.describe()})")]
+
+
+def test_a_dead_prune_of_this_host_does_not_stop_adoption(small: tuple[Path, Path, Path]) -> None:
+    from dataclasses import replace
+
+    from cairn.repo import lock as lock_mod
+
+    root, tree, cache = small
+    leave_unindexed_packs(root, tree, cache)
+    repo = Repository.open(LocalBackend(root), b"pw")
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    dead = replace(lock_mod.new_lock(os.urandom(32).hex(), False, "prune"), pid=int(gone.stdout))
+    assert dead.process_gone()
+    repo.store_object("locks", dead.id, lock_mod.encode(dead))
+    _, result, _ = back_up_again(root, tree, cache)
+    assert result.adopted_packs == 2
+
+
+def test_packs_a_prune_deleted_before_the_next_run_are_uploaded_again(small: tuple[Path, Path, Path]) -> None:
+    from cairn.ops.prune import prune
+
+    root, tree, cache = small
+    leave_unindexed_packs(root, tree, cache)
+    assert prune(Repository.open(LocalBackend(root), b"pw")).deleted_packs == 2  # leftovers, no lock holds
+    _, result, _ = back_up_again(root, tree, cache)
+    assert result.adopted_packs == 0 and result.warnings == [] and result.bytes_added // (100 * KiB) == 8

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST_KDF, FAST_KDF_ARGS, PASSWORD, SRC
-from cairn.files.checkpoint import CheckpointStore
+from cairn.files.checkpoint import Checkpoint, CheckpointStore
 from cairn.ops.backup import BackupOptions, BackupResult, backup
 from cairn.ops.check import CheckOptions, check
 from cairn.ops.restore import RestoreOptions, restore
@@ -330,3 +330,25 @@ def test_packs_a_prune_deleted_before_the_next_run_are_uploaded_again(small: tup
     assert prune(Repository.open(LocalBackend(root), b"pw")).deleted_packs == 2  # leftovers, no lock holds
     _, result, _ = back_up_again(root, tree, cache)
     assert result.adopted_packs == 0 and result.warnings == [] and result.bytes_added // (100 * KiB) == 8
+
+
+def test_the_checkpoint_pointer_is_made_durable_before_and_after_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a power loss the pointer must name the checkpoint or the one before, not vanish:
+    the file is fsynced before the rename, and its folder after it (as the local backend does)."""
+    store = CheckpointStore(b"\1" * 32, "h", [b"/data"], tmp_path)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store.save(Checkpoint(b"\2" * 32, "cairn test", 5))
+    assert len(synced) == 2
+    assert synced[0].startswith(str(store.path.parent / f".{store.path.name}."))  # the temporary file
+    assert synced[1] == str(store.path.parent)
+    assert store.load() == Checkpoint(b"\2" * 32, "cairn test", 5)
+    assert [p.name for p in store.path.parent.iterdir()] == [store.path.name]

@@ -94,6 +94,37 @@ def test_only_changed_files_are_read(repo: Repository, source: Path) -> None:
     assert node_at(repo, snap.root, rewritten).content == [repo.blob_id(rewritten.read_bytes())]
 
 
+def test_a_file_replaced_by_another_of_equal_size_and_mtime_is_read_again(repo: Repository, source: Path) -> None:
+    """What an inode comparison would catch, ctime catches: a file renamed over another (or
+    two swapped) gets a new ctime, which no one can set back (see filescache's docstring)."""
+    first, second = source / "d2" / "f0", source / "d2" / "f1"
+    old = first.stat()
+    second.write_bytes(os.urandom(old.st_size))
+    os.utime(second, ns=(old.st_atime_ns, old.st_mtime_ns))
+    run(repo, source)
+
+    def read_again(*paths: Path) -> None:
+        result = run(repo, source)
+        assert (result.files_changed, result.bytes_read) == (len(paths), len(paths) * old.st_size)
+        snap = repo.find_snapshot("latest")
+        for path in paths:
+            assert node_at(repo, snap.root, path).content == [repo.blob_id(path.read_bytes())]
+
+    replacement = source / "d2" / ".new"
+    replacement.write_bytes(os.urandom(old.st_size))
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.replace(replacement, first)
+    new = first.stat()
+    assert (new.st_size, new.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    assert new.st_ctime_ns != old.st_ctime_ns and new.st_ino != old.st_ino
+    read_again(first)
+    swap = source / "d2" / ".swap"  # two files of one size and mtime trade places
+    os.rename(second, swap)
+    os.rename(first, second)
+    os.rename(swap, first)
+    read_again(first, second)
+
+
 def test_metadata_changes_reach_the_snapshot(repo: Repository, source: Path) -> None:
     """Whole folders are reused on stat equality; chmod and xattrs change ctime, so they show."""
     run(repo, source)

@@ -8,6 +8,19 @@ folders of /usr: 0.14 s), paid only for folders the parent has. A local file of 
 size, mtime, ctime) -> ids would save that and no more, since every entry must be stat'ed
 either way, and it would have to be kept consistent with prune; measured, not worth it.
 
+Why no inode in the file comparison (the issue names (path, inode, size, mtime, ctime)): the
+inode would catch a file replaced by another one, but ctime already does. A file that takes
+another's place (created and renamed over it, restored from another disk, swapped) gets a ctime
+of when that happened, since creating, writing, `utime` and rename each set ctime to the
+current time and nothing else can set it; so its ctime differs from the one the parent
+recorded (tests/test_filescache.py shows a same-size, same-mtime replacement read again). The
+inode would add a difference only for a clock set back to the old ctime to the nanosecond, and
+would cost false changes wherever inode numbers are not stable: FUSE, sshfs and some NFS or
+SMB mounts renumber files on each mount, which is why restic has `--ignore-inode`, and every
+file there would be read again at every backup. Trees would also have to record it (format
+§9), changing every tree's id once. So the inode is compared only for hard links (`links`),
+where it is the identity that a restore recreates.
+
 Two levels of reuse:
 
 - a **file** whose type, size, mtime and ctime equal its entry in the parent keeps the parent's

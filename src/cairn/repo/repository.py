@@ -1,8 +1,9 @@
 """The repository: blobs in, blobs out, snapshots, keys and locks over one storage backend.
 
 Write order (docs/FORMAT.md, "Order of writes"): packs, then the index objects naming them,
-then the snapshot. An interruption at any point leaves only unreferenced objects behind, which
-the next backup reuses once their index is written, or prune removes.
+then the snapshot. An interruption at any point leaves only unreferenced objects behind: packs
+no index names, which the next backup adopts (`cairn.repo.adopt`, told which by the
+`pack_listener` journal) or prune removes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from cairn.repo.pack import PackBuilder, PackEntry, object_name, parse_header, h
 from cairn.repo.snapshot import Snapshot
 from cairn.storage.base import Backend
 
-# Write an index object at least every this many packs, so an interrupted backup loses little.
+# Write an index object at least every this many packs. Packs stored since the last one are
+# adopted by the next run after a kill (repo/adopt.py), so this bounds the work of adopting them
+# (one header read each), not data uploaded twice; few index objects keep opening a repository
+# cheap on object storage (each is one more request for every reader).
 INDEX_EVERY_PACKS = 64
 
 

@@ -306,7 +306,10 @@ def test_no_adoption_beside_a_maintenance_run(small: tuple[Path, Path, Path]) ->
                                      f"holds the repository ({pruning.describe()})")]
 
 
-def test_a_dead_prune_of_this_host_does_not_stop_adoption(small: tuple[Path, Path, Path]) -> None:
+@pytest.mark.parametrize("how", ["its process is gone", "it was released"])
+def test_a_finished_prune_does_not_stop_adoption(small: tuple[Path, Path, Path], how: str) -> None:
+    """A maintenance lock whose run is over (its process gone on this host, or released by
+    overwriting where the storage refuses deletes, §11) cannot delete anything any more."""
     from dataclasses import replace
 
     from cairn.repo import lock as lock_mod
@@ -314,10 +317,14 @@ def test_a_dead_prune_of_this_host_does_not_stop_adoption(small: tuple[Path, Pat
     root, tree, cache = small
     leave_unindexed_packs(root, tree, cache)
     repo = Repository.open(LocalBackend(root), b"pw")
-    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
-    dead = replace(lock_mod.new_lock(os.urandom(32).hex(), False, "prune"), pid=int(gone.stdout))
-    assert dead.process_gone()
-    repo.store_object("locks", dead.id, lock_mod.encode(dead))
+    lock = lock_mod.new_lock(os.urandom(32).hex(), False, "prune")
+    if how == "its process is gone":
+        gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+        lock = replace(lock, pid=int(gone.stdout))
+        assert lock.process_gone()
+    else:
+        lock = replace(lock, host="elsewhere", refreshed_ns=lock_mod.RELEASED)
+    repo.store_object("locks", lock.id, lock_mod.encode(lock))
     _, result, _ = back_up_again(root, tree, cache)
     assert result.adopted_packs == 2
 

@@ -7,8 +7,8 @@ snapshot needs assumes nobody deduplicates against garbage. A writer may still a
 rule W4 of docs/FORMAT.md §12, which this module follows step by step:
 
 1. its own lock exists (the caller holds it);
-2. it lists `locks/` and finds no maintenance lock (prune, repair) but those of this host whose
-   process is gone. A prune running now might already have judged the packs deletable; one
+2. it lists `locks/` and finds no maintenance lock (prune, repair) but released ones and those
+   of this host whose process is gone. A prune running now might already have judged the packs deletable; one
    that starts later lists locks after ours exists, so ours is in its barrier;
 3. it reads every pending object and leaves out each pack one of them names (a pending object
    that does not open might name any: then nothing is adopted). A pending object written by a
@@ -89,7 +89,7 @@ def _maintenance_running(repo: Repository) -> str:
         except DamagedObject:
             return f"lock {lock_id[:8]} does not open"
         # A lock stale by age is not enough: a prune on a machine that slept may wake up and
-        # delete; only a process known gone will never act again.
-        if held.command in mnt.MAINTENANCE_COMMANDS and not held.process_gone():
+        # delete; only a process known gone, or one that released its lock (§11), acts no more.
+        if held.command in mnt.MAINTENANCE_COMMANDS and not (held.released or held.process_gone()):
             return f"a maintenance run holds the repository ({held.describe()})"
     return ""

@@ -193,6 +193,7 @@ def test_kill_9_between_index_writes_then_the_next_run_uploads_nothing_again(
     assert done.returncode == 0, done.stderr
     assert "uploaded again" not in done.stderr
     summary = json.loads(done.stdout.splitlines()[-1])
+    assert summary["adopted_packs"] >= 3 and summary["adopted_bytes"] >= 3 * MiB
     after = stored_objects(tmp_path / "repo")
     written = sum(size for name, size in after.items() if name not in before)
     stored_data = sum(size for name, size in after.items() if name.startswith("data/"))

@@ -263,6 +263,7 @@ def _report(out: Output, result: Any, location: str, created: bool, dry_run: boo
             "bytes_read": result.bytes_read, "bytes_added": result.bytes_added, "data_added": result.bytes_added,
             "total_files_processed": result.files, "total_bytes_processed": result.bytes_total,
             "duration": result.duration, "total_duration": result.duration, "resumed": result.resumed,
+            "adopted_packs": result.adopted_packs, "adopted_bytes": result.adopted_bytes,
             "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
         })
     else:
@@ -275,10 +276,14 @@ def _report(out: Output, result: Any, location: str, created: bool, dry_run: boo
                    f"{result.files_unchanged:,} unchanged ({human_size(result.bytes_total)})")
         out.result(f"  folders: {result.dirs_new:,} new, {result.dirs_changed:,} changed, "
                    f"{result.dirs_unchanged:,} unchanged")
-        if result.parent_id or result.resumed:
-            parent = f"compared with snapshot {result.parent_id.hex()[:8]}" if result.parent_id else ""
-            resumed = "resumed from a checkpoint" if result.resumed else ""
-            out.result("  " + "; ".join(p for p in (parent, resumed) if p))
+        notes = [
+            f"compared with snapshot {result.parent_id.hex()[:8]}" if result.parent_id else "",
+            "resumed from a checkpoint" if result.resumed else "",
+            (f"reused {result.adopted_packs:,} pack(s), {human_size(result.adopted_bytes)}, that an interrupted "
+             "backup had uploaded") if result.adopted_packs else "",
+        ]
+        if any(notes):
+            out.result("  " + "; ".join(note for note in notes if note))
     if result.skipped:
         raise PartialSuccess(
             f"{len(result.skipped)} item(s) could not be read and were left out of the snapshot"

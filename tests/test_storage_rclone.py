@@ -55,7 +55,7 @@ def test_rclone_not_installed(rclone_config: Path, tmp_path: Path, monkeypatch: 
 
 
 def test_the_server_is_restarted_if_it_dies_and_stopped_on_close(rclone_config: Path, tmp_path: Path) -> None:
-    backend = open_storage(f"rclone:disk:{tmp_path}/repo", retry=RetryPolicy(base_delay=0.05, budget=20))
+    backend = open_storage(f"rclone:disk:{tmp_path}/repo", retry=RetryPolicy(base_delay=0.05, budget=20), cache=False)
     backend.store("config", b"one")
     server: RcloneServer = backend.inner.inner.server  # type: ignore[attr-defined]
     first = server._process

@@ -30,7 +30,7 @@ def ssh_home(sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Sshd:
 
 
 def raw_backend(location: str, **kwargs: object) -> SftpBackend:
-    backend = open_storage(location, **kwargs)  # type: ignore[arg-type]
+    backend = open_storage(location, cache=False, **kwargs)  # type: ignore[arg-type]
     return backend.inner.inner  # type: ignore[attr-defined,no-any-return]
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from cairn.errors import ObjectMissing, StorageError, StorageFull, UsageError
 from cairn.storage.base import Backend, ObjectInfo
+from cairn.storage.cache import CacheBackend
 from cairn.storage.limit import ConnectionLimit
 from cairn.storage.local import LocalBackend
 from cairn.storage.location import LocalLocation, RcloneLocation, S3Location, SftpLocation, parse_location
@@ -256,8 +257,11 @@ def test_a_caller_may_load_while_listing_with_one_connection() -> None:
 # -- the stack -----------------------------------------------------------------------------------
 
 
-def test_open_storage_stacks_retry_over_limit_over_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = open_storage("s3:http://127.0.0.1:9/bucket/prefix")
+def test_open_storage_stacks_cache_over_retry_over_limit_over_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    cached = open_storage("s3:http://127.0.0.1:9/bucket/prefix")
+    assert isinstance(cached, CacheBackend)
+    assert isinstance(open_storage("s3:http://127.0.0.1:9/bucket/prefix", cache=False), RetryBackend)
+    backend = cached.inner
     assert isinstance(backend, RetryBackend)
     assert isinstance(backend.inner, ConnectionLimit)
     assert type(backend.inner.inner).__name__ == "S3Backend"

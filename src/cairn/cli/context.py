@@ -30,6 +30,7 @@ class State:
     json: bool = False
     debug: bool = False
     quiet: bool = False
+    no_cache: bool = False
     _output: Output | None = field(default=None, repr=False)
 
     def selection(self) -> RepoSelection:
@@ -38,6 +39,7 @@ class State:
             password_file=self.password_file,
             password_command=self.password_command,
             interactive=is_terminal(sys.stdin),
+            cache=not self.no_cache,
         )
 
     @property
@@ -71,6 +73,8 @@ _GLOBAL_OPTIONS = [
     click.option("--json", is_flag=True, expose_value=False, callback=_remember, help="Print JSON for scripts."),
     click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_remember,
                  help="Print only results, warnings and errors."),
+    click.option("--no-cache", is_flag=True, expose_value=False, callback=_remember,
+                 help="Use no local copies of a remote repository's index and snapshots (docs/STORAGE.md)."),
     click.option("--debug", is_flag=True, expose_value=False, callback=_remember,
                  help="Show tracebacks of errors."),
 ]

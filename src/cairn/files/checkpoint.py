@@ -33,14 +33,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
+from cairn.storage import cache as object_cache
 
 FORMAT = 1
 
 
 def cache_root() -> Path:
-    """cairn's local cache folder ($XDG_CACHE_HOME/cairn on Linux)."""
-    return Path(platformdirs.user_cache_dir("cairn"))
+    """cairn's local cache folder ($CAIRN_CACHE_DIR, else $XDG_CACHE_HOME/cairn on Linux),
+    shared with the storage layer's cache of index and snapshot objects."""
+    return object_cache.cache_root()
 
 
 @dataclass

@@ -60,6 +60,8 @@ class RepoSelection:
     password_file: str | None = None
     password_command: str | None = None
     interactive: bool = False
+    cache: bool = True
+    """Keep local copies of a remote repository's index and snapshots (False: ``--no-cache``)."""
     prompt: Prompt = field(default=getpass.getpass, repr=False, compare=False)
     """Asks for one secret; replaceable so tests and other front ends need no terminal."""
 
@@ -86,15 +88,16 @@ def resolve_location(selection: RepoSelection) -> Location:
     return Location(default_location(), True)
 
 
-def open_backend(location: str, *, create: bool = False) -> Backend:
+def open_backend(location: str, *, create: bool = False, cache: bool = True) -> Backend:
     """The storage backend for a location string: the one place where new schemes plug in.
 
     ``/path``, a relative path, ``~/path`` and ``local:/path`` are local folders;
     ``sftp:``, ``s3:`` and ``rclone:`` locations are remote (grammar in `cairn.storage.location`),
-    wrapped in retries and a connection limit by `cairn.storage.stack.open_storage`. `create` is
-    set only by `create_repository`: it lets ``init`` create a missing S3 bucket.
+    wrapped in retries, a connection limit and (unless `cache` is False) the local cache of index
+    and snapshot objects by `cairn.storage.stack.open_storage`. `create` is set only by
+    `create_repository`: it lets ``init`` create a missing S3 bucket.
     """
-    return open_storage(location, create=create)
+    return open_storage(location, create=create, cache=cache)
 
 
 # -- passwords ------------------------------------------------------------------------------
@@ -215,7 +218,7 @@ def _not_found(location: Location) -> RepositoryNotFound:
 def open_repository(selection: RepoSelection) -> Repository:
     """Open the selected repository; `RepositoryNotFound` if there is none."""
     location = resolve_location(selection)
-    backend = open_backend(location.text)
+    backend = open_backend(location.text, cache=selection.cache)
     try:
         if not Repository.probe(backend):
             raise _not_found(location)
@@ -231,7 +234,7 @@ def create_repository(selection: RepoSelection, options: InitOptions | None = No
     Refuses an existing repository before asking for the new password.
     """
     location = resolve_location(selection)
-    backend = open_backend(location.text, create=True)
+    backend = open_backend(location.text, create=True, cache=selection.cache)
     try:
         if Repository.probe(backend):
             raise UsageError(f"a repository already exists at {location.text}")

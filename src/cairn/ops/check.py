@@ -39,6 +39,7 @@ from cairn.repo.maintenance import Pending, load_pendings
 from cairn.repo.pack import HEADER_START, RECORD, TRAILER, PackEntry, header_tail_size, object_name, parse_header
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
+from cairn.storage.cache import remote_reads
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(phase, done, total)`` from the calling thread; phases: index, packs, trees, data."""
@@ -75,7 +76,11 @@ class CheckResult:
 
 
 def check(repo: Repository, options: CheckOptions | None = None, progress: Progress | None = None) -> CheckResult:
-    """Check `repo` under a shared lock, so backups may run meanwhile but prune's phase 2 waits."""
+    """Check `repo` under a shared lock, so backups may run meanwhile but prune's phase 2 waits.
+
+    Reads what the remote holds, never the local cache's copies (which it refreshes).
+    """
+    remote_reads(repo.backend)
     options = options or CheckOptions()
     if options.subset_percent is not None and not 0 < options.subset_percent <= 100:
         raise UsageError(f"a read-data subset must be between 0 and 100 percent, not {options.subset_percent}")

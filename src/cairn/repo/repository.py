@@ -26,6 +26,7 @@ from cairn.repo.index import BlobIndex, IndexEntry
 from cairn.repo.relied import ReliedPacks
 from cairn.repo.pack import PackBuilder, PackEntry, object_name, parse_header, header_tail_size
 from cairn.repo.snapshot import Snapshot
+from cairn.storage import cache as cache_mod
 from cairn.storage.base import Backend
 
 # Write an index object at least every this many packs. Packs stored since the last one are
@@ -33,6 +34,11 @@ from cairn.storage.base import Backend
 # (one header read each), not data uploaded twice; few index objects keep opening a repository
 # cheap on object storage (each is one more request for every reader).
 INDEX_EVERY_PACKS = 64
+
+# The objects a local cache may keep: written once, never modified (docs/FORMAT.md §12), small,
+# and read whole by most commands. Config and keys are read before the id is known, locks are
+# replaced, pending objects are read by prune alone, and packs are large and read by range.
+CACHED_PREFIXES = ("index/", "snapshots/")
 
 
 def _split_name(name: str) -> str:
@@ -66,6 +72,8 @@ class Repository:
         list changes, so a local journal can let the next run adopt them after a kill -9
         (`cairn.repo.adopt`). Called from saver threads, one call at a time."""
         self._listener_lock = threading.Lock()
+        # Only now is the repository id known, which names the cache's folder (storage/cache.py).
+        cache_mod.attach(backend, config.id.hex(), CACHED_PREFIXES)
 
     # -- creating and opening ------------------------------------------------------------
 
@@ -175,8 +183,15 @@ class Repository:
         self.backend.store(f"{kind}/{object_id}", self.sealer.seal(plaintext, f"{kind}/{object_id}".encode()))
 
     def load_object(self, kind: str, object_id: str) -> bytes:
-        sealed = self.backend.load(f"{kind}/{object_id}")
-        return self.sealer.open(sealed, f"{kind}/{object_id}".encode(), f"{kind[:-1] if kind.endswith('s') else kind} {object_id[:8]}")
+        name = f"{kind}/{object_id}"
+        what = f"{kind[:-1] if kind.endswith('s') else kind} {object_id[:8]}"
+        try:
+            return self.sealer.open(self.backend.load(name), name.encode(), what)
+        except DamagedObject:
+            # A local cached copy that does not open is the cache's damage, not the repository's.
+            if not cache_mod.drop_cached(self.backend, name):
+                raise
+            return self.sealer.open(self.backend.load(name), name.encode(), what)
 
     # -- blobs -------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cairn.errors import ObjectMissing, StorageError
 from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.check import check
 from cairn.ops.forget import ForgetOptions, forget
@@ -23,6 +24,8 @@ from cairn.repo.repository import Repository
 from cairn.storage.base import Backend, BackendProperties, ObjectInfo
 from cairn.storage.cache import CACHEDIR_TAG, CHECKSUM_SIZE, CacheBackend, ObjectCache
 from cairn.storage.stack import open_storage
+from cairn.testing.conformance import BackendConformance
+from cairn.testing.memory import MemoryBackend
 from conftest import FAST_KDF, FAST_KDF_ARGS, PASSWORD
 from remote_repo import Remote, digest_tree, make_tree, restored
 from servers import aws_env, s3_client
@@ -235,6 +238,33 @@ def test_an_unusable_cache_folder_only_costs_downloads(location: str, two_snapsh
     assert counting.loads["snapshots"] == 2
 
 
+class TestCacheConformance(BackendConformance):
+    """The wrapper keeps the storage contract, with the suite's own objects cached."""
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Iterator[Backend]:
+        backend = CacheBackend(MemoryBackend(), tmp_path / "cache")
+        backend.attach("ab" * 32, ("data/", "index/", "snapshots/"))
+        yield backend
+
+
+def test_reads_before_a_listing_and_ranges(tmp_path: Path) -> None:
+    inner = Counting(MemoryBackend())
+    inner.store("index/one", b"0123456789")
+    backend = CacheBackend(inner, tmp_path)
+    assert backend.load("index/one", 2, 3) == b"234"  # not attached yet: passed through
+    backend.attach("cd" * 32, ("index/",))
+    assert backend.load("index/one", 2, 3) == b"234"  # never listed: downloaded whole, kept
+    assert backend.load("index/one", 8) == b"89"  # then served from the copy
+    assert inner.loads["index"] == 2 and backend.stats.hits == 1
+    with pytest.raises(StorageError, match="holds only 10 bytes"):
+        backend.load("index/one", 5, 6)
+    inner.inner.delete("index/one")  # gone behind our back: the next listing drops it
+    assert list(backend.list("index/")) == []
+    with pytest.raises(ObjectMissing):  # the copy is not served for an object the remote lost
+        backend.load("index/one")
+
+
 # -- through the command, in separate processes ----------------------------------------------------
 
 
@@ -280,6 +310,11 @@ def test_no_cache_option_and_cache_dir_variable(location: str, tmp_path: Path) -
     moved = tmp_path / "moved"
     remote.ok("snapshots", env={**env, "CAIRN_CACHE_DIR": str(moved)})
     assert list(moved.glob("*/snapshots/*")) and not xdg.exists()
+    # A cache that cannot be made is one warning, and the command works.
+    xdg.write_bytes(b"not a folder")
+    done = remote.ok("snapshots", env=env)
+    assert done.stdout.count("\n") > 1
+    assert done.stderr.startswith(f"cairn: warning: the local cache {xdg}/cairn/") and done.stderr.count("\n") == 1
 
 
 def test_local_repositories_have_no_cache(repo_dir: Path, cli, data: Path) -> None:  # type: ignore[no-untyped-def]

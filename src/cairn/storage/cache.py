@@ -17,6 +17,9 @@ downloaded. What makes that true:
    copy only for a name the latest listing showed, with that size. A listing that ran to its
    end also deletes the copies of objects it no longer shows (a snapshot forgotten, an index
    object a prune replaced), here and on disk. A name read without a listing is downloaded.
+   An object deleted after the listing may still be served, exactly as if it had been read a
+   moment earlier (readers already allow for that: docs/FORMAT.md §12). `check`, which must see
+   what the remote holds, turns reading copies off (`remote_reads`).
 3. **A damaged copy is never reported as damage of the repository.** Each entry ends with a
    BLAKE2b-256 checksum of the object; a copy that fails it (a truncated write after a crash,
    a bad disk) or has the wrong size is deleted and the object downloaded again. The
@@ -63,7 +66,7 @@ from pathlib import Path
 
 import platformdirs
 
-from cairn.storage.base import Backend, BackendProperties, ObjectInfo, check_range
+from cairn.storage.base import Backend, BackendProperties, ObjectInfo, check_name, check_range
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +117,13 @@ class ObjectCache:
         self._warned = False
 
     def _path(self, name: str) -> Path:
-        return self.folder / name  # names are checked by the backend: no "..", no leading dot
+        return self.folder / check_name(name)  # no "..", no leading dot: never outside the folder
 
     def _failed(self, what: str, exc: OSError) -> None:
         level = logging.DEBUG if self._warned else logging.WARNING
         self._warned = True
-        log.log(level, "local cache %s: cannot %s (%s); going on without it", self.folder, what,
-                exc.strerror or exc)
+        log.log(level, "cairn: warning: the local cache %s cannot %s (%s); going on without it",
+                self.folder, what, exc.strerror or exc)
 
     def read(self, name: str, size: int) -> bytes | None:
         """The cached object if present, whole and `size` bytes long; else None (a bad entry is deleted)."""
@@ -168,7 +171,7 @@ class ObjectCache:
         `older_than_ns` (newer ones may be another process's fresh writes), and temporary files
         of dead writers. Returns how many entries went."""
         removed = 0
-        top = self._path(prefix.rstrip("/")) if prefix.endswith("/") else self._path(prefix).parent
+        top = self.folder / prefix.rstrip("/") if prefix.endswith("/") else (self.folder / prefix).parent
         now = time.time_ns()
         for folder, _, files in os.walk(top):
             for file in files:
@@ -237,11 +240,14 @@ class CacheBackend:
                     f.write(CACHEDIR_TAG)
                 os.replace(tmp, tag)
         except OSError as exc:
-            log.warning("local cache %s: cannot create it (%s); going on without it", folder, exc.strerror or exc)
+            log.warning("cairn: warning: the local cache %s cannot be created (%s); going on without it",
+                        folder, exc.strerror or exc)
             return
         self._cache = ObjectCache(folder)
         self._prefixes = tuple(prefixes)
         # Commands often end without closing their repository: report at exit then.
+        if self._report is not None:
+            self._report.detach()
         self._report = weakref.finalize(self, _report, self.stats, folder)
 
     def _cacheable(self, name: str) -> bool:

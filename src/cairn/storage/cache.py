@@ -122,7 +122,7 @@ class ObjectCache:
     def _failed(self, what: str, exc: OSError) -> None:
         level = logging.DEBUG if self._warned else logging.WARNING
         self._warned = True
-        log.log(level, "cairn: warning: the local cache %s cannot %s (%s); going on without it",
+        log.log(level, "the local cache %s cannot %s (%s); going on without it",
                 self.folder, what, exc.strerror or exc)
 
     def read(self, name: str, size: int) -> bytes | None:
@@ -240,7 +240,7 @@ class CacheBackend:
                     f.write(CACHEDIR_TAG)
                 os.replace(tmp, tag)
         except OSError as exc:
-            log.warning("cairn: warning: the local cache %s cannot be created (%s); going on without it",
+            log.warning("the local cache %s cannot be created (%s); going on without it",
                         folder, exc.strerror or exc)
             return
         self._cache = ObjectCache(folder)

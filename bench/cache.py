@@ -14,8 +14,8 @@ Counted are the objects and bytes loaded from the server, by kind (a counting wr
 between the cache and the retry layer, so a cache hit is not counted). The same two runs on a
 local folder, bare and wrapped in the cache, show whether a cache would help a local repository.
 Times are wall-clock seconds on a shared machine: noisy, the counts are not. `--delay` puts
-tests/tcp_proxy.py between cairn and the server, holding back every chunk that many seconds,
-to see the times over a link with a real round-trip time.
+tests/tcp_proxy.py between cairn and the server for the measured runs, holding back every
+chunk that many seconds, to see the times over a link with a real round-trip time.
 """
 
 from __future__ import annotations
@@ -125,11 +125,13 @@ def make_data(root: Path, files: int, rng: random.Random) -> Path:
     return root
 
 
-def run(name: str, make: Callable[[], Backend], work: Path, files: int, backups: int) -> dict[str, object]:
+def run(name: str, make: Callable[[], Backend], work: Path, files: int, backups: int,
+        build: Callable[[], Backend] | None = None) -> dict[str, object]:
+    """`build` (default `make`) reaches the server for the backups that fill the repository."""
     rng = random.Random(7)
     data = make_data(work / f"data-{name}", files, rng)
     cache = work / f"cache-{name}"
-    backend, _ = stack(make, cache)
+    backend, _ = stack(build or make, cache)
     with Repository.init(backend, PASSWORD, KdfParams(iterations=1, memory_kib=8, lanes=1)) as repo:
         for _ in range(backups):
             change(data, rng, 0.01)
@@ -162,9 +164,13 @@ def main() -> None:
     server.start()
     try:
         s3_client(server.endpoint).create_bucket(Bucket=BUCKET)
+        prefix = uuid.uuid4().hex[:12]
+        direct = f"s3:{server.endpoint}/{BUCKET}/{prefix}"
+        # The proxy delays only the measured runs: it drops slow 16 MiB uploads (its 5 s timeout).
         port = TcpProxy(server.s3_port, delay=args.delay).port if args.delay else server.s3_port
-        location = f"s3:http://127.0.0.1:{port}/{BUCKET}/{uuid.uuid4().hex[:12]}"
-        results["s3"] = run("s3", lambda: open_storage(location, cache=False), work, args.files, args.backups)
+        measured = f"s3:http://127.0.0.1:{port}/{BUCKET}/{prefix}"
+        results["s3"] = run("s3", lambda: open_storage(measured, cache=False), work, args.files, args.backups,
+                            build=lambda: open_storage(direct, cache=False))
     finally:
         server.stop()
         shutil.rmtree(server.base, ignore_errors=True)

@@ -91,6 +91,8 @@ def cli(ctx: click.Context) -> None:
     _show_warnings()
     if state.debug:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        for handler in logging.getLogger().handlers:  # cairn's warnings are printed once, above
+            handler.addFilter(lambda r: not (r.name.startswith("cairn") and r.levelno >= logging.WARNING))
 
 
 for module in (init_cmd, backup_cmd, restore_cmd, snapshots_cmd, check_cmd, key_cmd, cat_cmd, unlock_cmd):

@@ -51,7 +51,9 @@ Cairn = Callable[..., subprocess.CompletedProcess[str]]
 def cairn_json(run_cairn: Cairn, repo: Path, *args: str) -> dict[str, Any]:
     done = run_cairn("-r", str(repo), "--json", *args, timeout=120)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    summary = json.loads(done.stdout.splitlines()[-1])  # after the status lines
+    assert summary.pop("message_type") == "summary"
+    return summary
 
 
 def table_of(device: str) -> list[dict[str, object]]:

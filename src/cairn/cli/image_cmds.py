@@ -12,7 +12,7 @@ import click
 
 from cairn.cli.context import State, global_options, pass_state
 from cairn.cli.notices import created_default_notice
-from cairn.cli.output import human_duration, human_size, is_terminal
+from cairn.cli.output import BytesProgress, human_duration, human_size, is_terminal
 from cairn.errors import CairnError
 from cairn.ops import access
 
@@ -44,6 +44,10 @@ def image_command(
     Partition tables, boot code and every partition are kept; ext2/3/4, FAT and NTFS are read
     only where they store data, anything else whole with zero runs skipped. A second image of
     the same disk stores only what changed.
+
+    Progress shows the phase (imaging, then verifying), bytes done of the total, rate and ETA.
+    With --json: {"message_type": "status", "phase": ...} lines every second, then one
+    {"message_type": "summary", ...} line.
     """
     from cairn.ops.image import ImageOptions, image
 
@@ -56,12 +60,13 @@ def image_command(
         snapshot=snapshot_mode, force=force, verify=verify, host=host,
         tags=[t for value in tags for t in value.split(",") if t],
     )
-    with out.progress("imaging") as progress:
+    progress = BytesProgress()
+    with out.status(progress.line, progress.json, final=True):
         result = image(repo, options, progress=progress)
     for warning in result.warnings:
         out.warn(warning)
     if out.json_mode:
-        out.json(result.to_json())
+        out.json_line({"message_type": "summary", **result.to_json()})
         return
     for p in result.partitions:
         out.result(f"  partition {p.number}: {p.fs}, {human_size(p.length)}, {human_size(p.used)} used")
@@ -91,7 +96,8 @@ def image_restore_command(
     """Restore an image snapshot onto a device or into a file.
 
     SNAPSHOT is an id prefix or 'latest'. A mounted target or one smaller than the image is
-    refused; onto a larger disk the GPT backup header moves to the new end.
+    refused; onto a larger disk the GPT backup header moves to the new end. Progress and --json
+    output as for 'cairn image' (phases: restoring, then verifying).
     """
     from cairn.ops.image_restore import ImageRestoreOptions, image_restore
 
@@ -106,10 +112,11 @@ def image_restore_command(
     options = ImageRestoreOptions(
         snapshot=snapshot, target=target, partition=partition, yes=yes, delta=delta, sparse=not no_sparse, verify=verify,
     )
-    with out.progress("restoring") as progress:
+    progress = BytesProgress()
+    with out.status(progress.line, progress.json, final=True):
         result = image_restore(repo, options, confirm=confirm, progress=progress)
     if out.json_mode:
-        out.json(result.to_json())
+        out.json_line({"message_type": "summary", **result.to_json()})
         return
     how = f"delta: {human_size(result.bytes_compared)} compared, " if result.delta else ""
     out.result(

@@ -28,6 +28,8 @@ from rich.table import Table
 from rich.text import Text
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+JsonStatus = dict[str, Any] | list[dict[str, Any]] | None
+"""What a live status callback returns for --json: one message, several, or nothing yet."""
 
 
 def human_size(n: int | float) -> str:
@@ -89,21 +91,27 @@ class Output:
         """One JSON object on one line (a stream of messages, restic's --json style)."""
         click.echo(json.dumps(data, ensure_ascii=False, separators=(",", ":")), err=err)
 
-    def status(self, render: Callable[[], str | None], json_status: Callable[[], dict[str, Any] | None]) -> Ticker:
+    def status(
+        self, render: Callable[[], str | None], json_status: Callable[[], JsonStatus], final: bool = False,
+    ) -> Ticker:
         """Live progress: `render()` redrawn as one line on a terminal's stderr, or, with --json,
-        `json_status()` printed as a line on stdout every second. Neither without a reader
-        (stderr not a terminal, --quiet). Use as a context manager; the line is cleared at the end.
+        `json_status()` (one message or several) printed as lines on stdout every second, and once
+        more at the end with `final` (so a script sees the last phase reach its total). Neither
+        without a reader (stderr not a terminal, --quiet). Use as a context manager; the line is
+        cleared at the end.
         """
         if self.json_mode:
-            return Ticker(lambda final: None if final else self._json_status(json_status), progress_interval(1.0))
+            return Ticker(
+                lambda last: None if last and not final else self._json_status(json_status), progress_interval(1.0)
+            )
         if not self.quiet and is_terminal(sys.stderr):
             return Ticker(LiveLine(sys.stderr, render), progress_interval(0.1))
         return Ticker(None, 0)
 
-    def _json_status(self, json_status: Callable[[], dict[str, Any] | None]) -> None:
+    def _json_status(self, json_status: Callable[[], JsonStatus]) -> None:
         data = json_status()
-        if data is not None:
-            self.json_line(data)
+        for message in [data] if isinstance(data, dict) else data or []:
+            self.json_line(message)
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]], footer: str | None = None) -> None:
         """A plain table; cell text is never read as rich markup (paths may hold brackets)."""
@@ -125,6 +133,75 @@ class Output:
     def progress(self, description: str) -> ProgressReporter:
         enabled = not self.json_mode and not self.quiet and is_terminal(sys.stderr)
         return ProgressReporter(description, enabled)
+
+
+class BytesProgress:
+    """Live progress of an operation that moves bytes in phases (`cairn image`: imaging, then
+    verifying; `image-restore`: restoring, then verifying): bytes done of the phase's total, the
+    rate since the phase began, and the time left at that rate. The operation calls it with
+    reports that have `phase`, `bytes_done` and `total_bytes` (from its own threads); a timer
+    reads `line()` or `json()` (`Output.status`), so reporting never waits on the terminal.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._started = clock()
+        self._phase: list[Any] | None = None
+        """[name, started, bytes done, total bytes] of the phase under way."""
+        self._ended: list[dict[str, Any]] = []
+        """Last status of each phase that ended and was not yet printed as JSON."""
+
+    def __call__(self, report: Any) -> None:
+        try:
+            phase, done, total = str(report.phase), int(report.bytes_done), int(report.total_bytes)
+        except (AttributeError, TypeError, ValueError):  # progress must never break the operation
+            return
+        now = self._clock()
+        with self._lock:
+            if self._phase is None or self._phase[0] != phase:
+                if self._phase is not None:
+                    self._ended.append(self._status(now))
+                self._phase = [phase, now, done, total]
+            else:
+                self._phase[2:] = [done, total]
+
+    def _status(self, now: float) -> dict[str, Any]:
+        assert self._phase is not None
+        phase, started, done, total = self._phase
+        rate = done / max(now - started, 1e-6)
+        data: dict[str, Any] = {"message_type": "status", "phase": phase, "seconds_elapsed": int(now - self._started)}
+        if total > 0:
+            data["percent_done"] = min(done / total, 1.0)
+            if rate > 0:
+                data["seconds_remaining"] = int(max(total - done, 0) / rate)
+        data.update(bytes_done=done, total_bytes=total, bytes_per_second=int(rate))
+        return data
+
+    def line(self) -> str | None:
+        """``[12.0s] imaging 45.0% 450.0 MiB of 1000.0 MiB, 37.5 MiB/s ETA 14.6s``"""
+        now = self._clock()
+        with self._lock:
+            if self._phase is None:
+                return None
+            s = self._status(now)
+        parts = [f"[{human_duration(now - self._started)}]", s["phase"]]
+        if "percent_done" in s:
+            parts.append(f"{s['percent_done'] * 100:.1f}%")
+        parts.append(f"{human_size(s['bytes_done'])} of {human_size(s['total_bytes'])}, "
+                     f"{human_size(s['bytes_per_second'])}/s")
+        if "seconds_remaining" in s:
+            parts.append(f"ETA {human_duration(s['seconds_remaining'])}")
+        return " ".join(parts)
+
+    def json(self) -> list[dict[str, Any]]:
+        """The last status of phases that ended since the previous call, then the current one."""
+        now = self._clock()
+        with self._lock:
+            out, self._ended = self._ended, []
+            if self._phase is not None:
+                out.append(self._status(now))
+        return out
 
 
 class ProgressReporter:

@@ -221,7 +221,8 @@ class Imager:
             if used:
                 self._done += used
                 if self.progress is not None:
-                    self.progress(self._done, self._total)
+                    # spans widened to whole mask blocks may pass the used bytes counted up front
+                    self.progress(min(self._done, self._total), self._total)
             if builder.chunks == disk.page_chunks:
                 self._save_page(region, builder)
                 builder = PageBuilder(mask_size)

@@ -1,7 +1,7 @@
 """Image benchmark: cairn beside `partclone.extfs | zstd` and `dd | zstd` on one ext4 partition.
 
     sudo python bench/image_bench.py [--size-mib 1024] [--used-mib 500] [--change-mib 20]
-                                     [--chunks 1,4] [--runs 1] [--json out.json]
+                                     [--chunks 0.5,1,4] [--runs 1] [--json out.json]
 
 Builds an ext4 partition image of --size-mib filled with about --used-mib of real files (from
 /usr/lib), then a changed copy: the partition is loop-mounted read-write, --change-mib/2 of new
@@ -22,6 +22,12 @@ machine's noise over both. `delta_x_cpu` is the same ratio in CPU seconds of the
 threads), which other load on a shared machine disturbs far less than wall time. `--cold` drops the page cache (sync; drop_caches) before each timed
 restore, so the target and the packs are read from the medium, as on a real disk.
 `--cairn-only` skips partclone and dd.
+
+Before timing, the two partitions are compared 4 KiB block by 4 KiB block: how many bytes the
+change touched on the device (file data plus the metadata and journal blocks ext4 wrote), how
+many of those are in the journal, and for each chunk size how many bytes of chunks they fall
+in. `growth_x` is the repository growth of the second image over the bytes the benchmark wrote
+into files (--change-mib), `growth_x_4k` over the bytes that differ on the device.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -113,6 +120,47 @@ def make_partitions(work: Path, size: int, used: int, change: int) -> tuple[Path
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
     return first, second
+
+
+def changed_blocks(first: Path, second: Path, block: int = 4096) -> list[int]:
+    """Numbers of the `block`-sized blocks that differ between the two partitions: what the
+    change really touched on the device (file data, and the metadata and journal ext4 wrote)."""
+    out: list[int] = []
+    step = 4 * MiB
+    with open(first, "rb") as a, open(second, "rb") as b:
+        at = 0
+        while True:
+            x, y = a.read(step), b.read(step)
+            if not x and not y:
+                return out
+            if x != y:
+                out += [(at + i) // block for i in range(0, max(len(x), len(y)), block) if x[i:i + block] != y[i:i + block]]
+            at += step
+
+
+def journal_blocks(part: Path) -> range:
+    """The 4 KiB blocks of the ext4 journal (inode 8), from debugfs; empty if it cannot tell."""
+    done = subprocess.run(["debugfs", "-R", "stat <8>", str(part)], capture_output=True, text=True)
+    found = re.findall(r"\(\d+(?:-\d+)?\):(\d+)-(\d+)", done.stdout)
+    if not found:
+        return range(0)
+    return range(min(int(a) for a, _ in found), max(int(b) for _, b in found) + 1)
+
+
+def change_profile(first: Path, second: Path, chunks: list[int]) -> dict[str, float]:
+    """Bytes changed at 4 KiB granularity, how many of them are in the journal, and for each
+    chunk size the bytes of the chunks those blocks fall in (the least a second image can add
+    before compression)."""
+    blocks = changed_blocks(first, second)
+    journal = journal_blocks(first)
+    out: dict[str, float] = {
+        "changed_4k_bytes": len(blocks) * 4096,
+        "changed_journal_bytes": sum(1 for b in blocks if b in journal) * 4096,
+        "journal_bytes": len(journal) * 4096,
+    }
+    for chunk in chunks:
+        out[f"touched_{chunk / MiB:g}m_bytes"] = len({b * 4096 // chunk for b in blocks}) * chunk
+    return out
 
 
 def settle_cache(cold: bool) -> None:
@@ -202,7 +250,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--used-mib", type=int, default=500)
     parser.add_argument("--change-mib", type=int, default=20)
-    parser.add_argument("--chunks", default="1,4", help="cairn chunk sizes to try, MiB")
+    parser.add_argument("--chunks", default="1,4", help="cairn chunk sizes to try, MiB (0.25 and 0.5 too)")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--restore-runs", type=int, default=3, help="alternating delta/full restores (median)")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each timed restore")
@@ -211,7 +259,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cairn-image-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         work = Path(tmp)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S"), os.getloadavg()
         first, second = make_partitions(work, args.size_mib * MiB, args.used_mib * MiB, args.change_mib * MiB)
+        chunk_list = [int(float(c) * MiB) for c in args.chunks.split(",")]
+        profile = change_profile(first, second, chunk_list)
         for p in (first, second):
             subprocess.run(["cat", str(p)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
         results: dict[str, list[dict[str, float]]] = {}
@@ -219,11 +270,15 @@ def main() -> None:
             if not args.cairn_only:
                 results.setdefault("partclone|zstd", []).append(bench_partclone(work, first, second))
                 results.setdefault("dd|zstd", []).append(bench_dd(work, first, second))
-            for mib in (int(c) for c in args.chunks.split(",")):
-                results.setdefault(f"cairn {mib} MiB", []).append(
-                    bench_cairn(work, first, second, mib * MiB, args.restore_runs, args.cold)
-                )
-    keys = ["image1_s", "image1_cpu", "image1_bytes", "image2_s", "image2_bytes", "restore_full_s", "restore_sparse_s", "restore_delta_s", "delta_written", "delta_x", "delta_x_cpu"]
+            for chunk in chunk_list:
+                out = bench_cairn(work, first, second, chunk, args.restore_runs, args.cold)
+                out["growth_x"] = out["image2_bytes"] / (args.change_mib * MiB)
+                out["growth_x_4k"] = out["image2_bytes"] / profile["changed_4k_bytes"]
+                results.setdefault(f"cairn {chunk / MiB:g} MiB", []).append(out)
+    print(f"started {started[0]}, load average {started[1]} -> {os.getloadavg()}")
+    print(f"changed by the writes: {args.change_mib} MiB of file data; on the device "
+          + ", ".join(f"{k} {v / MiB:.1f} MiB" for k, v in profile.items()))
+    keys = ["image1_s", "image1_cpu", "image1_bytes", "image2_s", "image2_bytes", "growth_x", "growth_x_4k", "restore_full_s", "restore_sparse_s", "restore_delta_s", "delta_written", "delta_x", "delta_x_cpu"]
     print(f"{'tool':<16}" + "".join(f"{k:>16}" for k in keys))
     for tool, runs in results.items():
         row = []
@@ -233,7 +288,8 @@ def main() -> None:
             row.append("-" if v is None else f"{v / MiB:.1f} MiB" if "bytes" in k or "written" in k else f"{v:.2f}")
         print(f"{tool:<16}" + "".join(f"{c:>16}" for c in row))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"started": started[0], "load_start": started[1], "load_end": os.getloadavg(),
+                                         "change_profile": profile, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

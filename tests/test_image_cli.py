@@ -108,3 +108,18 @@ def test_live_line_shows_phase_bytes_rate_and_eta() -> None:
     assert current["phase"] == "verifying" and current["seconds_remaining"] == 2 and current["seconds_elapsed"] == 12
     assert [s["phase"] for s in progress.json()] == ["verifying"]  # an ended phase is printed once
     progress("not a report")  # ignored, never an error
+
+
+@needs("sfdisk")
+def test_chunk_size_option(tmp_path: Path, repo_dir: Path, cli: CliRun) -> None:
+    disk = small_disk(tmp_path)
+    for bad, why in (("3M", "power of two"), ("128K", "from 256 KiB"), ("128M", "to 64 MiB"), ("big", "not a size")):
+        refused = cli("-r", str(tmp_path / "none"), "image", str(disk), "--chunk-size", bad)
+        assert refused.exit_code == 2 and why in one_line_error(refused), bad
+    assert not (tmp_path / "none").exists()  # refused before any repository is opened
+    made = cli("-r", str(repo_dir), "--json", "image", str(disk), "--chunk-size", "256K")
+    assert made.exit_code == 0, made.stderr
+    assert sum(json.loads(made.stdout.splitlines()[-1])["chunks"].values()) == 16 * MiB // (256 << 10)
+    out = tmp_path / "out.img"
+    assert cli("-r", str(repo_dir), "image-restore", "latest", str(out), "--verify").exit_code == 0
+    assert file_sha(out) == file_sha(disk)

@@ -32,12 +32,16 @@ if TYPE_CHECKING:
               help="Read from a temporary snapshot (not available yet: see the error).")
 @click.option("--force", is_flag=True, help="Image a read-write mounted filesystem anyway (recorded as a warning).")
 @click.option("--verify", is_flag=True, help="Re-read the source and compare it with what was stored.")
+@click.option("--chunk-size", metavar="SIZE",
+              help="Chunk size, a power of two from 256K to 64M (default 1M); a later image of the disk "
+                   "deduplicates only against images with the same size.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG[,TAG]", help="Tag the snapshot (repeatable).")
 @click.option("--host", metavar="HOST", help="Record HOST instead of this machine's name.")
 @pass_state
 def image_command(
     state: State, source: str, partition: int | None, all_blocks: bool, freeze: bool, freeze_timeout: float,
-    snapshot_mode: str | None, force: bool, verify: bool, tags: tuple[str, ...], host: str | None,
+    snapshot_mode: str | None, force: bool, verify: bool, chunk_size: str | None, tags: tuple[str, ...],
+    host: str | None,
 ) -> None:
     """Image a whole disk (or one partition) into a new snapshot.
 
@@ -49,15 +53,18 @@ def image_command(
     With --json: {"message_type": "status", "phase": ...} lines every second, then one
     {"message_type": "summary", ...} line.
     """
-    from cairn.ops.image import ImageOptions, image
+    from cairn.files.excludes import parse_size
+    from cairn.ops.image import DEFAULT_CHUNK, ImageOptions, check_chunk_size, image
 
     out = state.output
+    chunk = DEFAULT_CHUNK if chunk_size is None else parse_size(chunk_size)
+    check_chunk_size(chunk)  # before a default repository is created
     repo, created = access.ensure_repository(state.selection())
     if created:
         out.notice(created_default_notice(repo.backend.properties.location))
     options = ImageOptions(
         source=source, partition=partition, all_blocks=all_blocks, freeze=freeze, freeze_timeout=freeze_timeout,
-        snapshot=snapshot_mode, force=force, verify=verify, host=host,
+        snapshot=snapshot_mode, force=force, verify=verify, host=host, chunk_size=chunk,
         tags=[t for value in tags for t in value.split(",") if t],
     )
     progress = BytesProgress()

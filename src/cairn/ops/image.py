@@ -140,8 +140,16 @@ def _refuse_freezing_the_repository(repo: Repository, mountpoints: list[str]) ->
             raise UsageError(f"the repository {location} is on {mountpoint}, which --freeze would freeze")
 
 
+def check_chunk_size(chunk: int) -> None:
+    """The chunk sizes the format allows: a power of two (so chunks align with filesystem
+    blocks and a changed block changes one chunk) from 256 KiB to 64 MiB."""
+    if not (disk_format.is_power_of_two(chunk) and disk_format.MIN_CHUNK <= chunk <= disk_format.MAX_CHUNK):
+        raise UsageError(f"the chunk size must be a power of two from 256 KiB to 64 MiB, not {chunk:,} bytes")
+
+
 def image(repo: Repository, options: ImageOptions, progress: Callable[[ImageProgress], None] | None = None) -> ImageResult:
     """Image `options.source` into `repo` as a new snapshot."""
+    check_chunk_size(options.chunk_size)
     started_ns = time.time_ns()
     start = time.monotonic()
     source = os.path.abspath(options.source)

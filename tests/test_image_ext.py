@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_image_support import (
     MiB, file_sha, image_of, loop, mkfs_ext4, mounted, needs, needs_root, new_repo, put, random_file,
-    restore_to, run, sfdisk, source_tree, trees_equal,
+    restore_to, run, sfdisk, source_tree, stored_bytes, trees_equal,
 )
 
 from cairn.image import fs as fs_mod
@@ -126,13 +126,18 @@ def test_a_second_image_after_a_small_change_adds_about_the_change(tmp_path: Pat
     disk, fs, part = ext_disk(tmp_path, garbage=False)
     repo = new_repo()
     first = image_of(repo, disk)
+    before = stored_bytes(repo)
     random_file(tmp_path / "new.bin", 4 * MiB, seed=77)
     run("debugfs", "-w", "-R", f"write {tmp_path / 'new.bin'} new.bin", str(fs))
     put(disk, part["start"] * 512, fs)
     second = image_of(repo, disk)
     assert second.partitions[0].used > first.partitions[0].used
-    # 4 MiB of data plus the chunks holding the bitmap, inode table and directory.
-    assert 4 * MiB <= second.bytes_new <= 4 * MiB + 6 * MiB, second.bytes_new
+    # The repository grows by the 4 MiB of new (incompressible) data plus the compressed chunks
+    # holding the bitmap, inode table and directory, and the pages, index and snapshot: within
+    # the goal of 1.2x the change (measured: 1.03x with 1 MiB chunks).
+    grew = stored_bytes(repo) - before
+    assert 4 * MiB <= grew <= 1.2 * 4 * MiB, grew
+    assert second.bytes_stored <= grew
 
 
 @needs_root

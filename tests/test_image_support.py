@@ -40,6 +40,11 @@ def new_repo() -> Repository:
     return Repository.init(MemoryBackend(), b"pw", FAST_KDF)
 
 
+def stored_bytes(repo: Repository) -> int:
+    """What the repository takes in its storage: every pack, index, snapshot and key file."""
+    return sum(info.size for info in repo.backend.list())
+
+
 def run(*args: str, input: str | None = None) -> str:
     done = subprocess.run(args, input=input, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed: {done.stderr}"

@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 @click.option("--freeze-timeout", type=float, default=600.0, show_default=True, metavar="SECONDS",
               help="Thaw after this long at the latest; the image then fails.")
 @click.option("--snapshot", "snapshot_mode", type=click.Choice(["lvm", "btrfs"]),
-              help="Read from a temporary snapshot (not available yet: see the error).")
+              help="lvm: image a temporary LVM snapshot of the source logical volume, removed afterwards. "
+                   "btrfs is refused: a btrfs snapshot is a consistent file tree, not a consistent block "
+                   "device (use --freeze, or 'cairn backup' of the snapshot).")
+@click.option("--snapshot-size", default="10%ORIGIN", show_default=True, metavar="SIZE",
+              help="Copy-on-write space of the LVM snapshot: a size (2G) or a percentage (10%ORIGIN, 50%FREE).")
 @click.option("--force", is_flag=True, help="Image a read-write mounted filesystem anyway (recorded as a warning).")
 @click.option("--verify", is_flag=True, help="Re-read the source and compare it with what was stored.")
 @click.option("--chunk-size", metavar="SIZE",
@@ -40,14 +44,20 @@ if TYPE_CHECKING:
 @pass_state
 def image_command(
     state: State, source: str, partition: int | None, all_blocks: bool, freeze: bool, freeze_timeout: float,
-    snapshot_mode: str | None, force: bool, verify: bool, chunk_size: str | None, tags: tuple[str, ...],
-    host: str | None,
+    snapshot_mode: str | None, snapshot_size: str, force: bool, verify: bool, chunk_size: str | None,
+    tags: tuple[str, ...], host: str | None,
 ) -> None:
     """Image a whole disk (or one partition) into a new snapshot.
 
     Partition tables, boot code and every partition are kept; ext2/3/4, FAT and NTFS are read
     only where they store data, anything else whole with zero runs skipped. A second image of
     the same disk stores only what changed.
+
+    A read-write mounted source is refused unless it is read through a consistent point:
+    --snapshot lvm (a temporary LVM snapshot, removed afterwards even on failure or Ctrl-C),
+    --freeze (fsfreeze, bounded by --freeze-timeout), or --force (no consistent point: recorded
+    as a warning). --snapshot btrfs is refused: a btrfs snapshot is a consistent file tree, not a
+    consistent block device; use --freeze, or 'cairn backup' of a btrfs snapshot for the files.
 
     Progress shows the phase (imaging, then verifying), bytes done of the total, rate and ETA.
     With --json: {"message_type": "status", "phase": ...} lines every second, then one
@@ -59,12 +69,14 @@ def image_command(
     out = state.output
     chunk = DEFAULT_CHUNK if chunk_size is None else parse_size(chunk_size)
     check_chunk_size(chunk)  # before a default repository is created
+    cow: str | int = snapshot_size if "%" in snapshot_size else parse_size(snapshot_size)
     repo, created = access.ensure_repository(state.selection())
     if created:
         out.notice(created_default_notice(repo.backend.properties.location))
     options = ImageOptions(
         source=source, partition=partition, all_blocks=all_blocks, freeze=freeze, freeze_timeout=freeze_timeout,
         snapshot=snapshot_mode, force=force, verify=verify, host=host, chunk_size=chunk,
+        snapshot_size=cow,
         tags=[t for value in tags for t in value.split(",") if t],
     )
     progress = BytesProgress()

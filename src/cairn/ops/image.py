@@ -1,7 +1,7 @@
 """`cairn image DEVICE|FILE`: a whole disk or one partition as a new `image` snapshot.
 
-Order: consistency first (a read-write mounted filesystem is refused unless frozen or
-forced), then the table and every filesystem's allocation map are read and checked (damage
+Order: consistency first (a read-write mounted filesystem is refused unless frozen, read
+through a temporary LVM snapshot (`--snapshot lvm`, see image.lvm), or forced), then the table and every filesystem's allocation map are read and checked (damage
 found here means "image that region whole", with a warning), then chunks are stored, then the
 description, the index, and the snapshot last. `--verify` re-reads the source while it is still
 frozen and checks every stored blob opens.
@@ -18,7 +18,7 @@ from typing import Any
 
 from cairn.errors import UsageError, VerifyFailed
 from cairn.image import format as disk_format
-from cairn.image import mounts
+from cairn.image import lvm, mounts
 from cairn.image.device import Device
 from cairn.image.imager import DEFAULT_CHUNK, Imager, describe, locate
 from cairn.image.verify import verify_source
@@ -50,6 +50,9 @@ class ImageOptions:
     freeze_timeout: float = 600.0
     """Seconds a filesystem may stay frozen; past that it is thawed and the image fails."""
     snapshot: str | None = None
+    """``lvm``: image a temporary LVM snapshot of the source LV (``btrfs`` is refused, with why)."""
+    snapshot_size: str | int = lvm.DEFAULT_SIZE
+    """Copy-on-write space of the LVM snapshot: bytes, or a percentage such as ``10%ORIGIN``."""
     force: bool = False
     """Image a read-write mounted filesystem anyway; the snapshot records a warning."""
     verify: bool = False
@@ -99,12 +102,7 @@ class ImageResult:
 
 def _consistency(options: ImageOptions, dev: Device, start: int, length: int) -> tuple[list[str], list[str]]:
     """(mountpoints to freeze, warnings) for the byte range imaged; raises when refused."""
-    if options.snapshot is not None:
-        if options.snapshot == "lvm":
-            raise UsageError(
-                "--snapshot lvm is not supported: cairn does not drive LVM snapshots yet; "
-                "unmount the volume, or use --freeze"
-            )
+    if options.snapshot is not None and options.snapshot != "lvm":
         if options.snapshot == "btrfs":
             raise UsageError(
                 "--snapshot btrfs gives a consistent file tree, not a consistent block device: use "
@@ -112,6 +110,8 @@ def _consistency(options: ImageOptions, dev: Device, start: int, length: int) ->
             )
         raise UsageError(f"unknown --snapshot {options.snapshot!r}; expected one of {', '.join(SNAPSHOT_MODES)}")
     busy = [u for u in mounts.uses_of(dev.path) if not u.read_only and u.overlaps(start, length)]
+    if busy and options.snapshot == "lvm":  # someone mounted our temporary snapshot
+        raise UsageError(f"the LVM snapshot {dev.path} was mounted read-write while cairn read it")
     if not busy:
         return [], []
     where = ", ".join(f"{u.mountpoint} ({u.fstype})" for u in busy)
@@ -154,7 +154,15 @@ def image(repo: Repository, options: ImageOptions, progress: Callable[[ImageProg
     start = time.monotonic()
     source = os.path.abspath(options.source)
     with ExitStack() as stack:
-        dev = stack.enter_context(Device(source))
+        read_path = source
+        if options.snapshot == "lvm":
+            if options.freeze:
+                raise UsageError("give --snapshot lvm or --freeze, not both: the snapshot is the consistent point")
+            lvm.size_args(options.snapshot_size)
+            origin = lvm.logical_volume(source)  # refused before anything is locked or created
+            stack.enter_context(repo.lock(command="image"))
+            read_path = stack.enter_context(lvm.snapshot(origin, options.snapshot_size))
+        dev = stack.enter_context(Device(read_path))
         disk_start, disk_length = 0, dev.size
         if options.partition is not None:
             try:
@@ -163,7 +171,8 @@ def image(repo: Repository, options: ImageOptions, progress: Callable[[ImageProg
                 raise UsageError(str(exc)) from None
         to_freeze, warnings = _consistency(options, dev, disk_start, disk_length)
         _refuse_freezing_the_repository(repo, to_freeze)
-        stack.enter_context(repo.lock(command="image"))
+        if options.snapshot != "lvm":
+            stack.enter_context(repo.lock(command="image"))
         freeze = stack.enter_context(mounts.frozen(to_freeze, options.freeze_timeout))
         if dev.is_device:
             dev.drop_cache()  # pages cached before the freeze may predate the filesystem's last writes

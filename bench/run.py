@@ -10,7 +10,7 @@ unchanged re-backup, re-backup after 1% of files changed, full restore, single-f
 Commands and timing are bench/files.py's (GNU time: wall, CPU = user+sys, peak RSS).
 
 Images (--images, needs root): bench/image_bench.py's partition pair (ext4, half full, then
-changed), cairn (4 MiB chunks, in-process) beside `partclone | zstd` and `dd | zstd`: first
+changed), cairn (its default chunk size, in-process) beside `partclone | zstd` and `dd | zstd`: first
 image, second image, full restore, and cairn's delta restore.
 
 The table shows, per scenario and metric, the median of each tool and cairn/peer ratios (below
@@ -134,7 +134,7 @@ def run_images(size_mib: int, runs: int) -> dict[str, list[Result]]:
                 print(f"image: {name}", file=sys.stderr)
                 results.setdefault(name, []).append(bench(work, first, second))
             print("image: cairn", file=sys.stderr)
-            results.setdefault("cairn", []).append(image_bench.bench_cairn(work, first, second, 4 << 20, restore_runs=1))
+            results.setdefault("cairn", []).append(image_bench.bench_cairn(work, first, second, image_bench.DEFAULT_CHUNK, restore_runs=1))
     return results
 
 

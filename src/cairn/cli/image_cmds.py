@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 @click.option("--force", is_flag=True, help="Image a read-write mounted filesystem anyway (recorded as a warning).")
 @click.option("--verify", is_flag=True, help="Re-read the source and compare it with what was stored.")
 @click.option("--chunk-size", metavar="SIZE",
-              help="Chunk size, a power of two from 256K to 64M (default 1M); a later image of the disk "
+              help="Chunk size, a power of two from 256K to 64M (default 512K); a later image of the disk "
                    "deduplicates only against images with the same size.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG[,TAG]", help="Tag the snapshot (repeatable).")
 @click.option("--host", metavar="HOST", help="Record HOST instead of this machine's name.")

@@ -161,22 +161,24 @@ class BytesProgress:
         with self._lock:
             if self._phase is None or self._phase[0] != phase:
                 if self._phase is not None:
-                    self._ended.append(self._status(now))
+                    self._ended.append(self._status(now)[0])
                 self._phase = [phase, now, done, total]
             else:
                 self._phase[2:] = [done, total]
 
-    def _status(self, now: float) -> dict[str, Any]:
+    def _status(self, now: float) -> tuple[dict[str, Any], float | None]:
+        """The JSON status message, and the seconds left unrounded (None: unknown)."""
         assert self._phase is not None
         phase, started, done, total = self._phase
         rate = done / max(now - started, 1e-6)
+        remaining = max(total - done, 0) / rate if total > 0 and rate > 0 else None
         data: dict[str, Any] = {"message_type": "status", "phase": phase, "seconds_elapsed": int(now - self._started)}
         if total > 0:
             data["percent_done"] = min(done / total, 1.0)
-            if rate > 0:
-                data["seconds_remaining"] = int(max(total - done, 0) / rate)
+        if remaining is not None:
+            data["seconds_remaining"] = int(remaining)
         data.update(bytes_done=done, total_bytes=total, bytes_per_second=int(rate))
-        return data
+        return data, remaining
 
     def line(self) -> str | None:
         """``[12.0s] imaging 45.0% 450.0 MiB of 1000.0 MiB, 37.5 MiB/s ETA 14.6s``"""
@@ -184,14 +186,14 @@ class BytesProgress:
         with self._lock:
             if self._phase is None:
                 return None
-            s = self._status(now)
+            s, remaining = self._status(now)
         parts = [f"[{human_duration(now - self._started)}]", s["phase"]]
         if "percent_done" in s:
             parts.append(f"{s['percent_done'] * 100:.1f}%")
         parts.append(f"{human_size(s['bytes_done'])} of {human_size(s['total_bytes'])}, "
                      f"{human_size(s['bytes_per_second'])}/s")
-        if "seconds_remaining" in s:
-            parts.append(f"ETA {human_duration(s['seconds_remaining'])}")
+        if remaining is not None:
+            parts.append(f"ETA {human_duration(remaining)}")
         return " ".join(parts)
 
     def json(self) -> list[dict[str, Any]]:
@@ -200,7 +202,7 @@ class BytesProgress:
         with self._lock:
             out, self._ended = self._ended, []
             if self._phase is not None:
-                out.append(self._status(now))
+                out.append(self._status(now)[0])
         return out
 
 

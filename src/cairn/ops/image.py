@@ -1,9 +1,10 @@
 """`cairn image DEVICE|FILE`: a whole disk or one partition as a new `image` snapshot.
 
 Order: consistency first (a read-write mounted filesystem is refused unless frozen, read
-through a temporary LVM snapshot (`--snapshot lvm`, see image.lvm), or forced), then the table and every filesystem's allocation map are read and checked (damage
-found here means "image that region whole", with a warning), then chunks are stored, then the
-description, the index, and the snapshot last. `--verify` re-reads the source while it is still
+through a temporary LVM snapshot (`--snapshot lvm`, see image.lvm), or forced), then the
+table and every filesystem's allocation map are read and checked (damage found here means
+"image that region whole", with a warning), then chunks are stored, then the description,
+the index, and the snapshot last. `--verify` re-reads the source while it is still
 frozen and checks every stored blob opens.
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,14 +113,18 @@ def test_the_snapshot_is_removed_when_imaging_fails(fake_lvm: FakeLvm, repo_dir:
     assert fake_lvm.leftovers() == []
 
 
-def test_the_snapshot_is_removed_on_ctrl_c(fake_lvm: FakeLvm) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_snapshot_is_removed_on_ctrl_c_or_sigterm(fake_lvm: FakeLvm, signum: int) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+
     def interrupt(report: object) -> None:
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)  # delivered to this, the main thread, while imaging
 
     with pytest.raises(KeyboardInterrupt):
         image(new_repo(), ImageOptions(str(fake_lvm.origin), snapshot="lvm"), progress=interrupt)
     assert [call[0] for call in fake_lvm.calls()] == ["lvs", "lvcreate", "lvs", "lvremove"]
     assert fake_lvm.leftovers() == []
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_a_snapshot_that_cannot_be_removed_is_an_error_naming_the_fix(fake_lvm: FakeLvm, repo_dir: Path, cli: CliRun) -> None:

@@ -3,8 +3,10 @@
 Put between cairn and a real server, it shows how the storage layer copes with a bad network
 without touching either end: `delay` holds back every chunk, `rate` caps the bytes per second of
 each direction, `drop_after` resets a connection once it carried that many bytes (at most
-`max_drops` times, so every test ends), and `cut`/`resume` turn the whole server unreachable and
-back. It only ever connects to the loopback port it was given.
+`max_drops` times, so every test ends), `cut`/`resume` turn the whole server unreachable and
+back, and `stall`/`unstall` freeze it: connections stay open, new ones are accepted, but not a
+byte moves either way until `unstall` (a hung server, or a NAT that silently lost its state,
+which only a timeout can notice). It only ever connects to the loopback port it was given.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ class TcpProxy:
         """Flip one bit of the byte at this offset of the first connection's client-to-server stream."""
         self.corrupted = False
         self.connections = 0
+        self.carried = 0
+        """Bytes forwarded so far, both ways, all connections."""
         self._cut = False
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -45,24 +51,37 @@ class TcpProxy:
             if self._cut:
                 _reset(client)
                 continue
-            try:
-                server = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                _reset(client)
-                continue
-            with self._lock:
-                self.connections += 1
-                self._open.update((client, server))
-            state = {"bytes": 0, "sent": 0}
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink, client, server, state, source is client),
-                                 daemon=True).start()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        """Connect `client` to the server once the proxy is not stalled, and pump both ways."""
+        with self._lock:
+            self._open.add(client)
+        self._flowing.wait()
+        if self._stopped or self._cut:
+            self._close(client)
+            return
+        try:
+            server = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            self._close(client)
+            return
+        server.settimeout(None)
+        with self._lock:
+            self.connections += 1
+            self._open.update((client, server))
+        state = {"bytes": 0, "sent": 0}
+        for source, sink in ((client, server), (server, client)):
+            threading.Thread(target=self._pump, args=(source, sink, client, server, state, source is client),
+                             daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, client: socket.socket, server: socket.socket,
               state: dict[str, int], upstream: bool) -> None:
         try:
             while True:
+                self._flowing.wait()
                 chunk = source.recv(65536)
+                self._flowing.wait()  # a chunk read just before a stall is held back too
                 if not chunk:
                     break
                 if self.delay:
@@ -71,6 +90,7 @@ class TcpProxy:
                     time.sleep(len(chunk) / self.rate)
                 with self._lock:
                     state["bytes"] += len(chunk)
+                    self.carried += len(chunk)
                     drop = (self.drop_after is not None and state["bytes"] > self.drop_after
                             and self.drops < self.max_drops)
                     if drop:
@@ -111,10 +131,19 @@ class TcpProxy:
     def resume(self) -> None:
         self._cut = False
 
+    def stall(self) -> None:
+        """The server goes silent: nothing is forwarded, nothing is closed, new connections hang."""
+        self._flowing.clear()
+
+    def unstall(self) -> None:
+        """The server answers again; what waited in the proxy moves on."""
+        self._flowing.set()
+
     def stop(self) -> None:
         self._stopped = True
         self._listener.close()
         self.cut()
+        self._flowing.set()
 
 
 def _reset(sock: socket.socket) -> None:

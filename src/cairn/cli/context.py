@@ -16,6 +16,7 @@ import click
 
 from cairn.cli.output import Output, is_terminal
 from cairn.ops.access import RepoSelection
+from cairn.storage.stack import parse_connections
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +32,8 @@ class State:
     debug: bool = False
     quiet: bool = False
     no_cache: bool = False
+    connections: str | None = None
+    """As typed; checked when a repository is opened, so a bad value is a one-line error."""
     _output: Output | None = field(default=None, repr=False)
 
     def selection(self) -> RepoSelection:
@@ -40,6 +43,7 @@ class State:
             password_command=self.password_command,
             interactive=is_terminal(sys.stdin),
             cache=not self.no_cache,
+            connections=parse_connections(self.connections, "--connections") if self.connections else None,
         )
 
     @property
@@ -69,6 +73,11 @@ _GLOBAL_OPTIONS = [
     click.option(
         "--password-command", metavar="COMMAND", expose_value=False, callback=_remember,
         help="Run COMMAND (no shell) and use what it prints as the password (also $CAIRN_PASSWORD_COMMAND).",
+    ),
+    click.option(
+        "--connections", metavar="N", expose_value=False, callback=_remember,
+        help="At most N requests at once to a remote repository (also $CAIRN_CONNECTIONS; "
+        "default 4 for SFTP and rclone, 8 for S3).",
     ),
     click.option("--json", is_flag=True, expose_value=False, callback=_remember, help="Print JSON for scripts."),
     click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_remember,

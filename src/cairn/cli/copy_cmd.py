@@ -34,8 +34,9 @@ def source_password(location: str, password_file: str | None, password_command: 
     )
 
 
-def open_source(location: str, password_file: str | None, password_command: str | None, cache: bool = True) -> Repository:
-    backend = access.open_backend(location, cache=cache)
+def open_source(location: str, password_file: str | None, password_command: str | None,
+                connections: int | None = None, cache: bool = True) -> Repository:
+    backend = access.open_backend(location, connections=connections, cache=cache)
     try:
         if not Repository.probe(backend):
             raise RepositoryNotFound(f"no repository at {location} (the source)")
@@ -63,8 +64,10 @@ def command(state: State, from_repo: str, from_password_file: str | None, from_p
     """
     from cairn.ops.copy import CopyOptions, copy
 
-    src = open_source(from_repo, from_password_file, from_password_command, cache=not state.no_cache)
-    dst = access.open_repository(state.selection())
+    selection = state.selection()
+    src = open_source(from_repo, from_password_file, from_password_command, selection.connections,
+                      cache=not state.no_cache)
+    dst = access.open_repository(selection)
     result = copy(src, dst, CopyOptions(snapshots=snapshot_ids, filter=make_filter(hosts, tags, paths, kinds)))
     out = state.output
     if out.json_mode:

@@ -62,6 +62,9 @@ class RepoSelection:
     interactive: bool = False
     cache: bool = True
     """Keep local copies of a remote repository's index and snapshots (False: ``--no-cache``)."""
+    connections: int | None = None
+    """At most this many requests at once to a remote location (``--connections``); None: the
+    environment's ``CAIRN_CONNECTIONS``, else the backend's default."""
     prompt: Prompt = field(default=getpass.getpass, repr=False, compare=False)
     """Asks for one secret; replaceable so tests and other front ends need no terminal."""
 
@@ -88,16 +91,18 @@ def resolve_location(selection: RepoSelection) -> Location:
     return Location(default_location(), True)
 
 
-def open_backend(location: str, *, create: bool = False, cache: bool = True) -> Backend:
+def open_backend(location: str, *, create: bool = False, connections: int | None = None,
+                 cache: bool = True) -> Backend:
     """The storage backend for a location string: the one place where new schemes plug in.
 
     ``/path``, a relative path, ``~/path`` and ``local:/path`` are local folders;
     ``sftp:``, ``s3:`` and ``rclone:`` locations are remote (grammar in `cairn.storage.location`),
     wrapped in retries, a connection limit and (unless `cache` is False) the local cache of index
     and snapshot objects by `cairn.storage.stack.open_storage`. `create` is set only by
-    `create_repository`: it lets ``init`` create a missing S3 bucket.
+    `create_repository`: it lets ``init`` create a missing S3 bucket. `connections` bounds the
+    requests in flight (see `RepoSelection.connections`).
     """
-    return open_storage(location, create=create, cache=cache)
+    return open_storage(location, create=create, connections=connections, cache=cache)
 
 
 # -- passwords ------------------------------------------------------------------------------
@@ -218,7 +223,7 @@ def _not_found(location: Location) -> RepositoryNotFound:
 def open_repository(selection: RepoSelection) -> Repository:
     """Open the selected repository; `RepositoryNotFound` if there is none."""
     location = resolve_location(selection)
-    backend = open_backend(location.text, cache=selection.cache)
+    backend = open_backend(location.text, connections=selection.connections, cache=selection.cache)
     try:
         if not Repository.probe(backend):
             raise _not_found(location)
@@ -234,7 +239,7 @@ def create_repository(selection: RepoSelection, options: InitOptions | None = No
     Refuses an existing repository before asking for the new password.
     """
     location = resolve_location(selection)
-    backend = open_backend(location.text, create=True, cache=selection.cache)
+    backend = open_backend(location.text, create=True, connections=selection.connections, cache=selection.cache)
     try:
         if Repository.probe(backend):
             raise UsageError(f"a repository already exists at {location.text}")
@@ -254,7 +259,7 @@ def ensure_repository(selection: RepoSelection, create_default: bool = True) -> 
     """
     location = resolve_location(selection)
     if location.is_default and create_default:
-        backend = open_backend(location.text)
+        backend = open_backend(location.text, connections=selection.connections)
         try:
             exists = Repository.probe(backend)
         finally:

@@ -41,6 +41,7 @@ from cairn.errors import StorageAccessDenied, StorageError
 from cairn.storage.base import BackendProperties
 from cairn.storage.location import RcloneLocation
 from cairn.storage.sftp import SftpBackend
+from cairn.storage.sftp_pool import OP_TIMEOUT
 from cairn.storage.ssh import SshTarget, connect_error
 
 ENV_RCLONE = "CAIRN_RCLONE"
@@ -155,10 +156,12 @@ class RcloneServer:
 class RcloneBackend(SftpBackend):
     """The SFTP backend, talking to a private rclone server for the remote."""
 
-    def __init__(self, location: RcloneLocation, *, create: bool = False, connections: int = 4) -> None:
+    def __init__(
+        self, location: RcloneLocation, *, create: bool = False, connections: int = 4, timeout: float = OP_TIMEOUT
+    ) -> None:
         self.server = RcloneServer(location.remote)
         super().__init__(self._connect_to_server, "/", location.text, f"rclone {location.remote}",
-                         create=create, connections=connections)
+                         create=create, connections=connections, timeout=timeout)
         # rclone replaces a file by removing the old one first: a reader may miss it meanwhile.
         self._properties = BackendProperties(location.text, connections, atomic_replace=False)
         # Two such replaces of one name at once can lose the file altogether (one writer's remove

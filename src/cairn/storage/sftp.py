@@ -28,7 +28,7 @@ from paramiko.sftp import CMD_EXTENDED
 
 from cairn.errors import ObjectMissing, StorageAccessDenied, StorageError, StorageFull, StorageReadOnly
 from cairn.storage.base import NAME_RE, BackendProperties, ObjectInfo, check_name, check_range, check_size, describe
-from cairn.storage.sftp_pool import ChannelPool, connection_gone
+from cairn.storage.sftp_pool import OP_TIMEOUT, ChannelPool, connection_gone
 from cairn.storage.ssh import Connector
 
 TEMP_PREFIX = ".tmp-"
@@ -43,14 +43,15 @@ class SftpBackend:
     """A `Backend` on a folder of an SFTP server. Constructing it does not connect."""
 
     def __init__(
-        self, connector: Connector, root: str, location: str, endpoint: str, *, create: bool = False, connections: int = 4
+        self, connector: Connector, root: str, location: str, endpoint: str, *, create: bool = False, connections: int = 4,
+        timeout: float = OP_TIMEOUT,
     ) -> None:
         self._root = root  # as given, for messages
         self._base = root.rstrip("/")  # "" is the server's "/": every path is f"{base}/{name}"
         self._endpoint = endpoint
         self._create = create
         self._properties = BackendProperties(location=location, connections=connections)
-        self._pool = ChannelPool(connector, endpoint, location)
+        self._pool = ChannelPool(connector, endpoint, location, timeout)
         self._channel = self._pool.channel
         self._lost = self._pool.lost
         self._fsync = True

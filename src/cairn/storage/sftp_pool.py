@@ -5,6 +5,12 @@ and one login. Each call borrows a channel; a channel whose call failed for a co
 (a transient `StorageError`) is thrown away, one that only got an SFTP status answer ("no such
 file") goes back to the pool. When the connection itself is dead, the next borrower connects
 again. At most `MAX_CHANNELS` channels are open (OpenSSH's default MaxSessions is 10).
+
+A call that gets no answer within `timeout` seconds fails (transient). A server that went silent
+without closing the connection looks alive to TCP and to paramiko, so after such a timeout the
+whole connection is closed: the retry then connects afresh instead of opening a new channel on
+the hung one. Opening a channel has the same deadline (paramiko waits for the server's answer to
+a subsystem request without one), enforced by closing the connection when it passes.
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ from cairn.storage.ssh import Connector
 
 MAX_CHANNELS = 8
 OP_TIMEOUT = 60.0
-"""Seconds a channel waits for an answer before the call fails (transient): a hung server."""
+"""Default seconds a channel waits for an answer before the call fails (transient): a hung server."""
 
 
 class ChannelPool:
-    def __init__(self, connector: Connector, endpoint: str, location: str) -> None:
+    def __init__(self, connector: Connector, endpoint: str, location: str, timeout: float = OP_TIMEOUT) -> None:
         self._connect = connector
+        self.timeout = timeout
         self._endpoint = endpoint
         self._location = location
         self._lock = threading.Condition()
@@ -50,6 +57,8 @@ class ChannelPool:
             healthy = True
         except StorageError as exc:
             healthy = not exc.transient
+            if _timed_out(exc):
+                _close_transport(sftp)
             raise
         finally:
             with self._lock:
@@ -82,12 +91,19 @@ class ChannelPool:
             transport = self._transport
             if transport is None or not transport.is_active():
                 transport = self._transport = self._connect()
+        watchdog = threading.Timer(self.timeout, transport.close)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             sftp = paramiko.SFTPClient.from_transport(transport)
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            if not watchdog.is_alive():
+                exc = TimeoutError(f"no answer in {self.timeout:g} s")
             raise self.lost(exc, "open a channel to") from exc
+        finally:
+            watchdog.cancel()
         assert sftp is not None
-        sftp.get_channel().settimeout(OP_TIMEOUT)
+        sftp.get_channel().settimeout(self.timeout)
         return sftp
 
     def close(self) -> None:
@@ -100,6 +116,24 @@ class ChannelPool:
             sftp.close()
         if transport is not None:
             transport.close()
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a timeout (a socket's, paramiko's) is among the causes of `exc`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _close_transport(sftp: paramiko.SFTPClient) -> None:
+    """Close the connection under a channel that timed out; its other channels fail and retry."""
+    channel = sftp.get_channel()
+    transport = channel.get_transport() if channel is not None else None
+    if transport is not None:
+        transport.close()
 
 
 def connection_gone(sftp: paramiko.SFTPClient, exc: BaseException) -> bool:

@@ -38,6 +38,9 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 # What paramiko says when the connection broke during the handshake (worth another try), as
 # opposed to a disagreement (no common cipher, a bad key file) that trying again cannot fix.
 _DROPPED = re.compile(r"banner|EOF|reset|closed|timed? ?out|connection|socket", re.IGNORECASE)
+# What paramiko raises when the server accepted the TCP connection and then said nothing in time:
+# no banner, or a handshake still unfinished when the connect timeout passed.
+_HANDSHAKE_TIMEOUTS = ("Error reading SSH protocol banner", "No existing session")
 KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
@@ -81,8 +84,14 @@ class SshTarget:
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
 
-def resolve_target(location: SftpLocation, config_path: str = "~/.ssh/config") -> SshTarget:
-    """Apply ~/.ssh/config to a location; what the location says explicitly wins."""
+def resolve_target(
+    location: SftpLocation, config_path: str = "~/.ssh/config", connect_timeout: float = DEFAULT_TIMEOUT
+) -> SshTarget:
+    """Apply ~/.ssh/config to a location; what the location says explicitly wins.
+
+    `connect_timeout` applies unless the config sets ``ConnectTimeout`` for the host, as ``ssh``'s
+    own option would.
+    """
     settings: dict[str, object] = {}
     path = os.path.expanduser(config_path)
     if os.path.exists(path):
@@ -93,7 +102,7 @@ def resolve_target(location: SftpLocation, config_path: str = "~/.ssh/config") -
     target = SshTarget(alias=location.host, hostname=str(settings.get("hostname", location.host)))
     try:
         target.port = location.port or int(str(settings.get("port", 22)))
-        target.timeout = float(str(settings.get("connecttimeout", DEFAULT_TIMEOUT)))
+        target.timeout = float(str(settings.get("connecttimeout", connect_timeout)))
     except ValueError as exc:
         raise StorageError(f"bad Port or ConnectTimeout for {location.host} in {config_path}") from exc
     target.user = location.user or str(settings.get("user") or target.user)
@@ -204,8 +213,8 @@ def connect_error(target: SshTarget, exc: BaseException) -> StorageError:
             f"{where} refused the login: it accepted none of {agent}{tried}; put your public key in the "
             "server's ~/.ssh/authorized_keys, or name the right one with IdentityFile in ~/.ssh/config"
         )
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return _transient(f"timed out connecting to the SSH server {where}")
+    if isinstance(exc, (socket.timeout, TimeoutError)) or str(exc) in _HANDSHAKE_TIMEOUTS:
+        return _transient(f"timed out connecting to the SSH server {where} (no answer in {target.timeout:g} s)")
     if isinstance(exc, ConnectionRefusedError):
         return _transient(f"cannot connect to the SSH server {where}: connection refused")
     reason = getattr(exc, "strerror", None) or str(exc)
@@ -220,7 +229,7 @@ Connector = Callable[[], paramiko.Transport]
 """Opens a fresh, authenticated transport; the SFTP backend calls it again after a drop."""
 
 
-def connector_for(location: SftpLocation) -> tuple[Connector, str]:
+def connector_for(location: SftpLocation, connect_timeout: float = DEFAULT_TIMEOUT) -> tuple[Connector, str]:
     """A connector for a location and the endpoint it reaches (for messages)."""
-    target = resolve_target(location)
+    target = resolve_target(location, connect_timeout=connect_timeout)
     return (lambda: connect(target)), target.shown

@@ -20,6 +20,10 @@ from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
 from cairn.storage.local import LocalBackend
 from cairn.testing.memory import MemoryBackend
+from remote_repo import MiB, Remote, make_tree, rclone_remote, restored, s3_remote, sftp_remote
+from remote_repo import digest_tree as remote_digest
+from servers import SeaweedFS, Sshd
+from tcp_proxy import TcpProxy
 
 OTHER = "another password entirely"
 
@@ -114,3 +118,59 @@ def test_copy_of_an_image_snapshot() -> None:
     assert check(dst, CheckOptions(read_data=True)).errors == []
     assert stats(dst).logical_size == stats(src).logical_size == 2 * chunk
     assert copy(src, dst).skipped == 1
+
+
+# -- between kinds of location --------------------------------------------------------------------
+
+
+def _location(kind: str, request: pytest.FixtureRequest, tmp_path: Path, name: str) -> tuple[Remote, TcpProxy | None]:
+    """A fresh repository location of `kind`; S3 goes through a proxy that counts connections."""
+    if kind == "local":
+        return Remote("local", str(tmp_path / name)), None
+    if kind == "sftp":
+        sshd: Sshd = request.getfixturevalue("sshd")
+        sshd.write_config()
+        return sftp_remote(sshd, tmp_path / name), None
+    if kind == "rclone":
+        return rclone_remote(tmp_path, tmp_path / name), None
+    seaweedfs: SeaweedFS = request.getfixturevalue("seaweedfs")
+    proxy = TcpProxy(seaweedfs.s3_port)
+    return s3_remote(seaweedfs, tmp_path, endpoint=f"http://127.0.0.1:{proxy.port}"), proxy
+
+
+@pytest.mark.parametrize("source_kind, destination_kind", [("local", "s3"), ("sftp", "rclone"), ("s3", "local")])
+def test_copy_between_kinds_of_location(source_kind: str, destination_kind: str, request: pytest.FixtureRequest,
+                                        tmp_path: Path) -> None:
+    source, source_proxy = _location(source_kind, request, tmp_path, "from")
+    destination, destination_proxy = _location(destination_kind, request, tmp_path, "to")
+    proxy = source_proxy or destination_proxy
+    data = make_tree(tmp_path / "data", seed=31, big=6 * MiB)
+    try:
+        source.init()
+        source.ok("backup", str(data), "--tag", "first")
+        (data / "sub" / "later.bin").write_bytes(random.Random(32).randbytes(300_000))
+        source.ok("backup", str(data))
+        destination.ok("init", *FAST_KDF_ARGS, env={"CAIRN_PASSWORD": OTHER})
+        both = {**source.env, "CAIRN_PASSWORD": OTHER, "CAIRN_FROM_PASSWORD": PASSWORD}
+        if proxy is not None:
+            proxy.connections = 0
+        copied = json.loads(destination.ok("--connections", "1", "--json", "copy", "--from-repo", source.location,
+                                           env=both).stdout)
+        if proxy is not None:
+            assert proxy.connections == 1  # --connections reached the S3 side, source or destination
+        assert len(copied["copied"]) == 2 and copied["skipped"] == 0
+        again = json.loads(destination.ok("--json", "copy", "--from-repo", source.location, env=both).stdout)
+        assert again["copied"] == [] and again["skipped"] == 2
+    finally:
+        if proxy is not None:
+            proxy.stop()
+    if destination_proxy is not None:  # read the copy without the proxy, which is gone now
+        destination = Remote("s3", destination.location.replace(f":{destination_proxy.port}/",
+                                                                f":{request.getfixturevalue('seaweedfs').s3_port}/"),
+                             destination.env)
+    mine = {"CAIRN_PASSWORD": OTHER}
+    destination.ok("check", "--read-data", env=mine)
+    listed = json.loads(destination.ok("--json", "snapshots", env=mine).stdout)
+    assert [s["tags"] for s in listed] == [["first"], []]
+    destination.ok("restore", "latest", "--target", str(tmp_path / "out"), env=mine)
+    assert remote_digest(restored(tmp_path / "out", data)) == remote_digest(data)

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cairn.errors import StorageAccessDenied, StorageError
+from cairn.errors import StorageAccessDenied, StorageError, UsageError
+from cairn.ops.access import RepoSelection, open_repository
+from conftest import PASSWORD
 from remote_repo import MiB, Remote, digest_tree, make_tree, one_line, rclone_remote, restored, s3_remote, sftp_remote
-from servers import SeaweedFS, Sshd, s3_client
+from servers import SeaweedFS, Sshd, aws_env, s3_client
+from tcp_proxy import TcpProxy
 
 
 @pytest.fixture(params=["sftp", "s3", "rclone"])
@@ -83,3 +86,69 @@ def test_a_missing_sftp_folder_is_reported_and_init_creates_it(sshd: Sshd, tmp_p
                               f"({remote.location})")
     remote.init()
     assert (tmp_path / "not" / "yet" / "config").is_file()
+
+
+def test_connections_option_bounds_what_the_server_sees(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    proxy = TcpProxy(seaweedfs.s3_port)
+    remote = s3_remote(seaweedfs, tmp_path, endpoint=f"http://127.0.0.1:{proxy.port}")
+    source = make_tree(tmp_path / "src", seed=6, big=40 * MiB)  # three packs: savers upload while others seal
+    seen = []
+    try:
+        remote.init()
+        for command in (["--connections", "1", "backup", str(source)],
+                        ["check", "--read-data", "--connections", "1"]):  # after the command name too
+            proxy.connections = 0
+            remote.ok(*command)
+            seen.append(proxy.connections)
+    finally:
+        proxy.stop()
+    assert seen == [1, 1]  # one request at a time: one HTTP connection, kept alive
+    remote = Remote("s3", remote.location.replace(f":{proxy.port}/", f":{seaweedfs.s3_port}/"), remote.env)
+    remote.ok("restore", "latest", "--target", str(tmp_path / "out"))
+    assert digest_tree(restored(tmp_path / "out", source)) == digest_tree(source)
+
+
+@pytest.mark.parametrize("value", ["0", "65", "many", "-3"])
+def test_a_bad_connections_value_is_one_line(value: str, tmp_path: Path) -> None:
+    remote = Remote("local", str(tmp_path / "repo"))
+    done = remote.cairn(f"--connections={value}", "snapshots")
+    assert done.returncode == UsageError.exit_code == 2
+    assert one_line(done) == f"cairn: --connections must be a number from 1 to 64, not {value!r}"
+
+
+def test_the_connections_of_a_selection_reach_the_backend(seaweedfs: SeaweedFS, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = s3_remote(seaweedfs, tmp_path)
+    remote.init()
+    for name, value in {**remote.env, "CAIRN_PASSWORD": PASSWORD, "CAIRN_CONNECTIONS": "5"}.items():
+        monkeypatch.setenv(name, value)
+    with open_repository(RepoSelection(remote.location, connections=3)) as repo:
+        assert repo.backend.properties.connections == 3  # the option wins over the environment
+    with open_repository(RepoSelection(remote.location)) as repo:
+        assert repo.backend.properties.connections == 5
+
+
+def test_virtual_host_addressing_round_trip(moto_s3: str, tmp_path: Path) -> None:
+    """Requests name the bucket in the host (``bucket.s3.test``), as AWS wants them.
+
+    No wildcard DNS here: the host names reach moto through an HTTP proxy (``HTTP_PROXY``, which
+    boto3 honours), so nothing resolves them. moto takes a host's first label as the bucket, so a
+    path-style request to ``s3.test`` would look for a bucket named "s3" and fail.
+    """
+    port = int(moto_s3.rsplit(":", 1)[1])
+    proxy = TcpProxy(port)
+    bucket = f"vh-{uuid.uuid4().hex[:10]}"
+    env = {**aws_env(tmp_path), "HTTP_PROXY": f"http://127.0.0.1:{proxy.port}", "NO_PROXY": "", "no_proxy": ""}
+    remote = Remote("s3", f"s3:http://s3.test:{port}/{bucket}/repo?addressing=virtual", env)
+    source = make_tree(tmp_path / "src", seed=8, big=2 * MiB)
+    try:
+        remote.init()  # creates the bucket, addressed by host name too
+        remote.ok("backup", str(source))
+        remote.ok("check", "--read-data")
+        remote.ok("restore", "latest", "--target", str(tmp_path / "out"))
+    finally:
+        proxy.stop()
+    assert proxy.connections > 0
+    assert digest_tree(restored(tmp_path / "out", source)) == digest_tree(source)
+    keys = [o["Key"] for o in s3_client(moto_s3).list_objects_v2(Bucket=bucket)["Contents"]]
+    assert "repo/config" in keys and any(k.startswith("repo/data/") for k in keys)

@@ -5,7 +5,7 @@ Shape::
     walker (caller's thread)  --batches of small files-->  small-file readers (2)
                               --one big file at a time-->  big-file reader (1)
     small-file readers: read, check the file did not change, store its one chunk themselves
-    big-file reader: read, cut into chunks and hand each one to              savers (cpu count)
+    big-file reader: read, cut into chunks and hand each one to              savers (see below)
     savers:  hash, dedup, compress, encrypt, verify, pack   (Repository.save_blob; a full pack
              is written by the saver that filled it while the others go on sealing)
 
@@ -15,8 +15,9 @@ task each: a thread-pool hand-off costs about as much Python time as reading a 4
 most files are small (48,000 of the 48,600 files of /usr are under 256 KiB).
 
 Memory is bounded whatever the file sizes: at most IN_FLIGHT_BATCHES batches (each at most
-BATCH_BYTES) and IN_FLIGHT_BIG big files are queued, and at most IN_FLIGHT_CHUNKS chunks (each
-at most the chunker's maximum size, 4 MiB by default) wait for or sit in a saver. Big files
+BATCH_BYTES) and IN_FLIGHT_BIG big files are queued, and at most one chunk more than there are
+savers (each at most the chunker's maximum size, 4 MiB by default) wait for or sit in a saver,
+besides the pack each saver may be uploading (`saver_count`). Big files
 have one reader of their own because the chunker allocates a buffer of twice the maximum chunk
 size (8 MiB) per reader; one reader already cuts chunks far faster than the savers store them.
 Their slots are separate from the small files' so that a queue of big files never leaves the
@@ -47,15 +48,31 @@ from cairn.files.scanner import reason
 from cairn.repo.blob import BlobType
 from cairn.repo.config import ChunkerParams
 from cairn.repo.repository import Repository
+from cairn.storage.stack import is_remote
 
 READERS = 2
 SAVERS = max(2, min(4, os.cpu_count() or 2))
+"""Saver threads at least: about one per core, since sealing is CPU work."""
+MAX_SAVERS = 16
 IN_FLIGHT_BATCHES = 3 * READERS
 IN_FLIGHT_BIG = 32  # a queued big file holds only its descriptor until its reader gets to it
-IN_FLIGHT_CHUNKS = SAVERS + 1
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
 _READ_STEP = 1 << 16
+
+
+def saver_count(connections: int, remote: bool) -> int:
+    """Saver threads for a backend that serves `connections` requests at once.
+
+    A saver that filled a pack uploads it itself, so at most as many packs go up at once as
+    there are savers. On a 2-core machine SAVERS is 2, which would leave an S3 backend (8
+    connections by default) or a user's ``--connections 16`` mostly idle over a slow link; so a
+    remote backend gets as many savers as connections, and the connection limit keeps the uploads
+    within what the user allowed. A saver waiting for the network takes no CPU, and costs at most
+    a chunk and a pack of memory. A local folder keeps one saver per core: more only contend for
+    the CPU (measured with bench/savers.py).
+    """
+    return max(SAVERS, min(connections, MAX_SAVERS)) if remote else SAVERS
 
 
 class Aborted(Exception):
@@ -120,10 +137,12 @@ class Pipeline:
         self.whole = 2 * self.params.max_size  # what the streaming chunker buffers anyway
         self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="cairn-read")
         self._big = ThreadPoolExecutor(1, thread_name_prefix="cairn-read-big")
-        self._savers = ThreadPoolExecutor(SAVERS, thread_name_prefix="cairn-save")
+        properties = repo.backend.properties
+        self.savers = saver_count(properties.connections, is_remote(properties.location))
+        self._savers = ThreadPoolExecutor(self.savers, thread_name_prefix="cairn-save")
         self._batches = threading.BoundedSemaphore(IN_FLIGHT_BATCHES)
         self._bigs = threading.BoundedSemaphore(IN_FLIGHT_BIG)
-        self._chunks = threading.BoundedSemaphore(IN_FLIGHT_CHUNKS)
+        self._chunks = threading.BoundedSemaphore(self.savers + 1)  # each saver busy, one waiting
         self._local = threading.local()
         self._lock = threading.Lock()
         self._seen: set[bytes] = set()

@@ -74,6 +74,18 @@ def timeout_from_env() -> float:
     return value
 
 
+def is_remote(location: str) -> bool:
+    """Whether `location` names storage reached over a network (wrapped, see the module docstring).
+
+    False for a local folder and for anything that is no location at all (a test's memory
+    backend), so callers can plan for a disk by default.
+    """
+    try:
+        return not isinstance(parse_location(location), LocalLocation)
+    except UsageError:
+        return False
+
+
 def open_storage(
     location: str,
     *,

@@ -120,11 +120,16 @@ class ChannelPool:
 
 def _timed_out(exc: BaseException) -> bool:
     """Whether a timeout (a socket's, paramiko's) is among the causes of `exc`."""
-    seen: BaseException | None = exc
-    while seen is not None:
+    pending: list[BaseException] = [exc]
+    visited: set[int] = set()
+    while pending:  # a chain may loop back on itself: visit each exception once
+        seen = pending.pop()
+        if id(seen) in visited:
+            continue
+        visited.add(id(seen))
         if isinstance(seen, TimeoutError):
             return True
-        seen = seen.__cause__ or seen.__context__
+        pending.extend(e for e in (seen.__cause__, seen.__context__) if e is not None)
     return False
 
 

@@ -44,7 +44,7 @@ def test_progress_is_silent_when_disabled() -> None:
 
 def test_progress_waits_a_second_then_shows_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     screen = io.StringIO()
-    monkeypatch.setattr(output, "Console", lambda **kw: Console(file=screen, force_terminal=True, width=100))
+    monkeypatch.setattr(output, "make_console", lambda **kw: Console(file=screen, force_terminal=True, width=100))
     clock = [100.0]
     monkeypatch.setattr(output.time, "monotonic", lambda: clock[0])
     reporter = ProgressReporter("backing up", enabled=True)
@@ -64,7 +64,7 @@ def test_progress_waits_a_second_then_shows_counts(monkeypatch: pytest.MonkeyPat
 
 def test_progress_ignores_what_it_does_not_understand(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(output.time, "monotonic", lambda: 1e9)
-    monkeypatch.setattr(output, "Console", lambda **kw: Console(file=io.StringIO(), force_terminal=True))
+    monkeypatch.setattr(output, "make_console", lambda **kw: Console(file=io.StringIO(), force_terminal=True))
     with ProgressReporter("x", enabled=True) as reporter:
         reporter(object())
         reporter(1, 2)

@@ -7,6 +7,7 @@ becomes exit 130; anything else is a bug and keeps its traceback so it can be re
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -16,12 +17,38 @@ from typing import Any
 import click
 
 from cairn import __version__
-from cairn.cli import image_cmds
-from cairn.cli import backup_cmd, cat_cmd, check_cmd, init_cmd, key_cmd, restore_cmd, snapshots_cmd, unlock_cmd
-from cairn.cli import diff_cmd, dump_cmd, find_cmd, ls_cmd
-from cairn.cli import copy_cmd, forget_cmd, prune_cmd, repair_cmd, stats_cmd, tag_cmd
 from cairn.cli.context import State, global_options
 from cairn.errors import CairnError, Interrupted
+
+# Each command's module is imported only when that command runs (or --help lists them all): a
+# command should not pay, in start-up time and above all in resident memory, for the libraries
+# of the others (the image commands' pytsk3, prune's planning, backup's chunker...). Peak RSS of
+# a command is what it holds when Argon2id adds its 64 MiB, so every module not loaded by then
+# lowers the peak one for one. Name -> (module under cairn.cli, attribute).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("init_cmd", "command"),
+    "backup": ("backup_cmd", "command"),
+    "restore": ("restore_cmd", "command"),
+    "snapshots": ("snapshots_cmd", "command"),
+    "check": ("check_cmd", "command"),
+    "key": ("key_cmd", "command"),
+    "cat": ("cat_cmd", "command"),
+    "unlock": ("unlock_cmd", "command"),
+    "ls": ("ls_cmd", "command"),  # browsing: ls, find, diff, dump
+    "find": ("find_cmd", "command"),
+    "diff": ("diff_cmd", "command"),
+    "dump": ("dump_cmd", "command"),
+    "forget": ("forget_cmd", "command"),  # snapshot lifecycle
+    "prune": ("prune_cmd", "command"),
+    "tag": ("tag_cmd", "command"),
+    "stats": ("stats_cmd", "command"),
+    "copy": ("copy_cmd", "command"),
+    "repair": ("repair_cmd", "command"),
+    "image": ("image_cmds", "image_command"),
+    "image-restore": ("image_cmds", "image_restore_command"),
+    "image-ls": ("image_cmds", "image_ls_command"),
+    "image-dump": ("image_cmds", "image_dump_command"),
+}
 
 
 class _WarningHandler(logging.Handler):
@@ -55,7 +82,18 @@ def _fail(message: str, code: int) -> None:
 
 
 class CairnGroup(click.Group):
-    """A group that maps exceptions from any subcommand to the documented exit codes."""
+    """A group that maps exceptions from any subcommand to the documented exit codes, and loads
+    each subcommand's module when it is first asked for (see COMMANDS)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module_name, attribute = COMMANDS[cmd_name]
+            module = importlib.import_module(f"cairn.cli.{module_name}")
+            self.add_command(getattr(module, attribute), cmd_name)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         state = ctx.ensure_object(State)
@@ -94,17 +132,6 @@ def cli(ctx: click.Context) -> None:
         for handler in logging.getLogger().handlers:  # cairn's warnings are printed once, above
             handler.addFilter(lambda r: not (r.name.startswith("cairn") and r.levelno >= logging.WARNING))
 
-
-for module in (init_cmd, backup_cmd, restore_cmd, snapshots_cmd, check_cmd, key_cmd, cat_cmd, unlock_cmd):
-    cli.add_command(module.command)
-for module in (ls_cmd, find_cmd, diff_cmd, dump_cmd):  # browsing: ls, find, diff, dump
-    cli.add_command(module.command)
-for module in (forget_cmd, prune_cmd, tag_cmd, stats_cmd, copy_cmd, repair_cmd):  # snapshot lifecycle
-    cli.add_command(module.command)
-cli.add_command(image_cmds.image_command)
-cli.add_command(image_cmds.image_restore_command)
-cli.add_command(image_cmds.image_ls_command)
-cli.add_command(image_cmds.image_dump_command)
 
 
 def main() -> None:

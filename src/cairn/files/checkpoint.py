@@ -26,7 +26,6 @@ it is not fsynced (a lost journal only costs the upload it would have saved); th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -57,6 +56,8 @@ class CheckpointStore:
     """The checkpoint of one (repository, host, paths) backup."""
 
     def __init__(self, repository_id: bytes, host: str, paths: list[bytes], root: Path | str | None = None) -> None:
+        import hashlib  # here: it loads libcrypto (~4 MiB RSS), which should not sit under the KDF's peak
+
         key = hashlib.sha256(repr((host, sorted(paths))).encode()).hexdigest()[:32]
         self.path = Path(root or cache_root()) / repository_id.hex() / "checkpoints" / key
 

@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-import platformdirs
-
 from cairn.errors import RepositoryNotFound, StorageReadOnly, UsageError
 from cairn.ops.init import InitOptions, InitResult, init
 from cairn.repo.repository import Repository
@@ -79,6 +77,8 @@ class Location:
 
 def default_location() -> str:
     """The repository used when none is named; follows XDG_DATA_HOME (platformdirs)."""
+    import platformdirs  # here, not at the top: only this default needs it (~4 MiB of RSS)
+
     return os.path.join(platformdirs.user_data_dir("cairn"), "repo")
 
 

@@ -18,20 +18,39 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-
-import numpy as np
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from cairn.errors import DamagedObject
 from cairn.repo import encoding
 from cairn.repo.pack import PackEntry
 
+if TYPE_CHECKING:
+    import numpy as np
+
+# NumPy is imported by the functions that use it, not here: it costs ~21 MiB of RSS, and a
+# command that never looks a blob up (snapshots, forget, key, ...) should not pay for it. Above
+# all it must not be resident while Argon2id holds its 64 MiB, since peak RSS is their sum.
+
 INDEX_FORMAT = 1
 RECORD = struct.Struct(">B32sIII")  # type, id, offset, length, plaintext length
-RECORD_DTYPE = np.dtype(
-    [("type", "u1"), ("id", "u1", (32,)), ("offset", ">u4"), ("length", ">u4"), ("raw", ">u4")]
-)
-assert RECORD_DTYPE.itemsize == RECORD.size
 PENDING_LIMIT = 1 << 15
+
+
+@cache
+def record_dtype() -> np.dtype:
+    """The NumPy record type of one packed index record (RECORD), built at first use."""
+    import numpy as np
+
+    dtype = np.dtype([("type", "u1"), ("id", "u1", (32,)), ("offset", ">u4"), ("length", ">u4"), ("raw", ">u4")])
+    assert dtype.itemsize == RECORD.size
+    return dtype
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RECORD_DTYPE":  # the old constant, for callers that already hold NumPy
+        return record_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,8 @@ class _Segment:
     type: np.ndarray
 
     def __init__(self, cols: dict[str, np.ndarray]) -> None:
+        import numpy as np
+
         order = np.argsort(cols["key"], kind="stable")
         for name in self.__slots__:
             setattr(self, name, np.ascontiguousarray(cols[name][order]))
@@ -68,6 +89,8 @@ class _Segment:
         """One segment from (pack number, packed records) pairs, built in place: the columns
         are allocated once at their final size and filled pack by pack, then sorted one column
         at a time, so building peaks near 49 + 8 + 24 bytes per blob, not a multiple of it."""
+        import numpy as np
+
         n = sum(len(records) // RECORD.size for _, records in parts)
         seg = cls.__new__(cls)
         seg.key = np.empty(n, dtype=np.uint64)
@@ -79,7 +102,7 @@ class _Segment:
         seg.type = np.empty(n, dtype=np.uint8)
         at = 0
         for pack, records in parts:
-            rows = np.frombuffer(records, dtype=RECORD_DTYPE)
+            rows = np.frombuffer(records, dtype=record_dtype())
             end = at + len(rows)
             ids = rows["id"]
             seg.key[at:end] = np.ascontiguousarray(ids[:, :8]).view(">u8").reshape(-1)
@@ -104,6 +127,8 @@ class _Segment:
         of the inputs' columns is dropped as soon as it is copied, so a merge peaks near one
         copy of the columns plus the largest column, not three copies. For equal keys older
         rows come first, as a stable sort of older + newer would put them."""
+        import numpy as np
+
         n = len(older) + len(newer)
         at_new = np.searchsorted(older.key, newer.key, side="right") + np.arange(len(newer))
         from_older = np.ones(n, dtype=bool)
@@ -124,6 +149,8 @@ class _Segment:
         return {name: getattr(self, name) for name in self.__slots__}
 
     def find(self, key: int, rest: bytes) -> int:
+        import numpy as np
+
         i = int(np.searchsorted(self.key, np.uint64(key)))
         while i < len(self.key) and int(self.key[i]) == key:
             if self.rest[i].tobytes() == rest:
@@ -134,6 +161,8 @@ class _Segment:
 
 def _split_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, 32) uint8 ids -> (uint64 keys, (n, 24) uint8 remainders)."""
+    import numpy as np
+
     keys = np.ascontiguousarray(ids[:, :8]).view(">u8").reshape(-1).astype(np.uint64)
     return keys, np.ascontiguousarray(ids[:, 8:])
 
@@ -190,6 +219,8 @@ class BlobIndex:
             self._record_count += len(records) // RECORD.size
 
     def _freeze(self) -> None:
+        import numpy as np
+
         if not self._pending:
             return
         ids = np.frombuffer(b"".join(self._pending), dtype=np.uint8).reshape(-1, 32)

@@ -24,7 +24,7 @@ from cairn.repo.blob import open_blob
 from cairn.repo.pack import object_name
 from cairn.repo.repository import Repository
 
-RECORD_DTYPE = index_mod.RECORD_DTYPE
+RECORD_DTYPE = index_mod.record_dtype()
 
 
 def split_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import stat as statmod
 import time
 from collections.abc import Iterator
@@ -94,7 +93,7 @@ class LocalBackend:
 
     def _store(self, name: str, path: str, view: memoryview) -> None:
         folder = os.path.dirname(path)
-        temp = os.path.join(folder, TEMP_PREFIX + secrets.token_hex(8))
+        temp = os.path.join(folder, TEMP_PREFIX + os.urandom(8).hex())  # not secrets: it loads libcrypto (~4 MiB RSS)
         try:
             try:
                 handle = open(temp, "xb")

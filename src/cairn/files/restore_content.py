@@ -22,7 +22,7 @@ import os
 import stat
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 
 from cairn.errors import DamagedObject
@@ -91,15 +91,16 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> int:
     return total
 
 
-def blobs(repo: Repository, ids: list[bytes], zeros: ZeroBlobs, loader: Executor) -> Iterator[tuple[bytes, bytes | int]]:
+def blobs(load: Callable[[bytes], bytes], ids: list[bytes], zeros: ZeroBlobs, loader: Executor) -> Iterator[tuple[bytes, bytes | int]]:
     """(id, data) in file order, or (id, length) for a blob known to be zeros (not loaded).
 
-    Up to PREFETCH blobs are loaded (read, decrypted, decompressed) ahead in `loader` while the
-    caller writes; a single-blob file is loaded in the calling thread, saving a hand-off.
+    `load` reads, decrypts, decompresses and checks one blob (PackReads.load). Up to PREFETCH
+    blobs are loaded ahead in `loader` while the caller writes; a single-blob file is loaded in
+    the calling thread, saving a hand-off.
     """
     if len(ids) == 1:
         known = zeros.get(ids[0])
-        yield ids[0], known if known is not None else repo.load_blob(ids[0])
+        yield ids[0], known if known is not None else load(ids[0])
         return
     pending: deque[tuple[bytes, Future[bytes] | int]] = deque()
     todo = iter(ids)
@@ -108,7 +109,7 @@ def blobs(repo: Repository, ids: list[bytes], zeros: ZeroBlobs, loader: Executor
         blob_id = next(todo, None)
         if blob_id is not None:
             known = zeros.get(blob_id)
-            pending.append((blob_id, known if known is not None else loader.submit(repo.load_blob, blob_id)))
+            pending.append((blob_id, known if known is not None else loader.submit(load, blob_id)))
 
     try:
         for _ in range(PREFETCH + 1):
@@ -124,13 +125,13 @@ def blobs(repo: Repository, ids: list[bytes], zeros: ZeroBlobs, loader: Executor
 
 
 def write_content(
-    repo: Repository, fd: int, node: Node, zeros: ZeroBlobs, loader: Executor, sparse: bool = True
+    load: Callable[[bytes], bytes], fd: int, node: Node, zeros: ZeroBlobs, loader: Executor, sparse: bool = True
 ) -> tuple[int, list[int]]:
     """Write the file's blobs into the empty file `fd`; returns (bytes written to disk, the
     length of each blob), the lengths for a verification that follows."""
     offset = written = written_to = 0
     lengths = []
-    for blob_id, data in blobs(repo, node.content, zeros, loader):
+    for blob_id, data in blobs(load, node.content, zeros, loader):
         if isinstance(data, int):
             length = data
         else:

@@ -22,6 +22,7 @@ from cairn.errors import CairnError
 from cairn.files import metadata
 from cairn.files import restore_content as content
 from cairn.files.restore_entries import NEW_FILE_FLAGS, Action, decide, lstat_at, remove
+from cairn.files.restore_reads import PackReads
 from cairn.files.restore_state import RestoreSettings, Tally
 from cairn.files.tree import Node
 from cairn.repo.repository import Repository
@@ -38,6 +39,7 @@ class FileWriter:
     def __init__(self, repo: Repository, settings: RestoreSettings, tally: Tally, owner: bool) -> None:
         self.repo, self.settings, self.tally, self.owner = repo, settings, tally, owner
         self.zeros = content.ZeroBlobs()
+        self.reads = PackReads(repo)
         self.writers = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-restore")
         self.loaders = ThreadPoolExecutor(LOADERS, thread_name_prefix="cairn-load")
         self.slots = threading.BoundedSemaphore(IN_FLIGHT)
@@ -53,6 +55,11 @@ class FileWriter:
         """Wait for the files being written (an interrupted run cancels the queued ones)."""
         self.writers.shutdown(wait=True, cancel_futures=True)
         self.loaders.shutdown(wait=True, cancel_futures=True)
+
+    def plan(self, blob_ids: list[bytes]) -> None:
+        """Note the content of the files the walker is about to `start`, in order, so that
+        their blobs that lie together in a pack are read together (restore_reads)."""
+        self.reads.plan(b for b in blob_ids if self.zeros.get(b) is None)
 
     def start(self, parent: int, node: Node, rel: bytes) -> Future[bool]:
         """Queue the file `node` of the folder `parent` (walker thread only); the job's result
@@ -125,7 +132,7 @@ class FileWriter:
                 fd, old = -1, fd
                 fd = self.replace(parent, old, node)
             written, lengths = content.write_content(
-                self.repo, fd, node, self.zeros, self.loaders, self.settings.sparse)
+                self.reads.load, fd, node, self.zeros, self.loaders, self.settings.sparse)
             if self.settings.verify:
                 at = content.first_difference(self.repo, fd, node, lengths, self.zeros)
                 if at is not None:

@@ -69,6 +69,7 @@ class _Frame:
     strays: bool = True  # --delete may remove what the snapshot folder does not have
     pending: list[Future[bool]] = field(default_factory=list)
     index: int = 0
+    planned: int = 0  # entries before this one had their blobs planned (PackReads)
 
 
 def _raise_fd_limit() -> None:
@@ -79,6 +80,12 @@ def _raise_fd_limit() -> None:
     wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+# Files planned ahead of the walker, so that the blobs of a run of small files are read together
+# (restore_reads); at most PLAN_BLOBS blobs per look ahead (the rest of a huge file reads blob by blob).
+LOOKAHEAD = 64
+PLAN_BLOBS = 1024
 
 
 def _ordered(nodes: list[Node]) -> list[Node]:
@@ -180,6 +187,8 @@ class Restorer:
                 return None
         job: Future[bool] | None = None
         if node.type == FILE:
+            if frame.index > frame.planned:
+                self.plan(frame)
             job = self.files.start(parent, node, rel)
             if len(frame.pending) >= IN_FLIGHT:  # a folder of a million files keeps few futures
                 frame.pending = [j for j in frame.pending if not j.done()]
@@ -193,6 +202,28 @@ class Restorer:
         if key is not None:
             self.linked[key] = (rel, job)
         return None
+
+    def plan(self, frame: _Frame) -> None:
+        """Plan the blobs of the files the walk is about to start in this folder: this one and
+        up to LOOKAHEAD - 1 after it (those the selection keeps and that are not links to a
+        file already started; a guess that is wrong only costs a read)."""
+        sel, ids = self.settings.selection, []
+        at = frame.index - 1
+        end = min(len(frame.entries), at + LOOKAHEAD)
+        while at < end and len(ids) < PLAN_BLOBS:
+            node = frame.entries[at]
+            at += 1
+            if node.type != FILE or not node.content:
+                continue
+            if node.links is not None and node.links[:2] in self.linked:
+                continue
+            if not sel.everything:
+                path = frame.path + b"/" + node.name
+                if sel.excluded(path) or not (frame.selected or sel.included(path)):
+                    continue
+            ids.extend(node.content[:PLAN_BLOBS - len(ids)])
+        frame.planned = at
+        self.files.plan(ids)
 
     def open(self, frame: _Frame, create: bool = True) -> int | None:
         """The frame's folder in the target, created (and its parents) when `create`; None when

@@ -332,10 +332,19 @@ class Repository:
 
     def load_blob(self, blob_id: bytes) -> bytes:
         entry = self.lookup(blob_id)
+        return self.open_sealed(entry, self.load_pack_range(entry.pack_id, entry.offset, entry.length))
+
+    def load_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of a pack, unverified: a reader that wants several
+        blobs of one pack reads their span once and opens each with `open_sealed`."""
+        return self.backend.load(object_name(pack_id), offset, length)
+
+    def open_sealed(self, entry: IndexEntry, sealed: bytes | memoryview) -> bytes:
+        """The blob `entry` from its sealed bytes as stored: authenticated, decompressed and its
+        id checked (DamagedObject naming the pack otherwise)."""
         self.relied.rely(entry.pack_id)  # a parent's tree, whose id a new snapshot may reuse
-        sealed = self.backend.load(object_name(entry.pack_id), entry.offset, entry.length)
         try:
-            return open_blob(self.sealer, self.hasher, entry.blob_type, blob_id, sealed)
+            return open_blob(self.sealer, self.hasher, entry.blob_type, entry.blob_id, sealed)
         except DamagedObject as exc:
             # Name the pack too: it is the object a user (or `check`) can look at.
             raise DamagedObject(f"pack {entry.pack_id.hex()[:12]}: {exc.message}") from None

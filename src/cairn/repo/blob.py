@@ -65,15 +65,18 @@ def seal_blob(
     if compressed and len(compressed) <= len(data) - (len(data) >> MIN_SAVING_SHIFT):
         plaintext = bytes([ZSTD]) + compressed
     else:
-        plaintext = bytes([RAW]) + bytes(data)
+        plaintext = b"".join((bytes([RAW]), data))  # one copy, also when `data` is a view
     sealed = sealer.seal(plaintext, blob_aad(blob_type, blob_id))
+    short = blob_id.hex()[:12]
     try:
-        open_blob(sealer, hasher, blob_type, blob_id, sealed)  # also checks the content's id
+        check = _open(sealer, hasher, blob_type, blob_id, sealed)  # also checks the content's id
+        if len(check) != len(data):
+            raise DamagedObject(f"blob {short} has {len(check)} bytes, not {len(data)}")
     except DamagedObject as exc:
         # Not damage in the repository: nothing holding this blob was written. Say so, so the
         # user does not go looking for a bad disk.
         raise DamagedObject(
-            f"blob {blob_id.hex()[:12]} did not verify before upload ({exc.message.removeprefix(f'blob {blob_id.hex()[:12]} ')}): "
+            f"blob {short} did not verify before upload ({exc.message.removeprefix(f'blob {short} ')}): "
             "its compression or encryption produced wrong bytes; nothing holding it was written"
         ) from None
     return sealed
@@ -83,13 +86,23 @@ def open_blob(
     sealer: Sealer, hasher: BlobHasher, blob_type: int, blob_id: bytes, sealed: bytes | memoryview
 ) -> bytes:
     """Authenticate, decompress and check the id: any damage raises DamagedObject."""
+    data = _open(sealer, hasher, blob_type, blob_id, sealed)
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def _open(
+    sealer: Sealer, hasher: BlobHasher, blob_type: int, blob_id: bytes, sealed: bytes | memoryview
+) -> bytes | memoryview:
+    """open_blob, but an uncompressed blob comes back as a view of the plaintext (no copy: the
+    verify before upload only needs its length, after the id check)."""
     what = f"blob {blob_id.hex()[:12]}"
     plaintext = sealer.open(sealed, blob_aad(blob_type, blob_id), what)
     if not plaintext:
         raise DamagedObject(f"{what} is damaged: empty plaintext")
     flag = plaintext[0]
+    data: bytes | memoryview
     if flag == RAW:
-        data = plaintext[1:]
+        data = memoryview(plaintext)[1:]
     elif flag == ZSTD:
         try:
             decompressor = zstd.ZstdDecompressor()

@@ -1,7 +1,7 @@
 """The benchmark suite of issue 7: one command, every scenario, one table of medians and ratios.
 
     python bench/run.py [--datasets real,linux] [--runs 2] [--tools cairn,restic,borg]
-                        [--images] [--image-size-mib 1024] [--json out.json]
+                        [--images] [--image-size-mib 1024] [--json out.json] [--baseline OLD/src]
 
 File backups, per data set (bench/datasets.py), each run of each tool on a fresh copy with a
 fresh repository, tools alternating within a run so machine noise hits all alike: first backup,
@@ -82,7 +82,10 @@ def largest_file(data: Path) -> Path:
     return max(files, key=lambda p: (p.stat().st_size, str(p)))
 
 
-def run_files(tool: str, source: Path, work: Path, count: int, size: int) -> dict[str, Result]:
+BASELINE = "cairn-base"  # the cairn of another source tree (--baseline): a before/after column
+
+
+def run_files(tool: str, source: Path, work: Path, count: int, size: int, baseline: Path | None = None) -> dict[str, Result]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     data, repo, cache = work / "data", work / "repo", work / "cache"
@@ -92,9 +95,10 @@ def run_files(tool: str, source: Path, work: Path, count: int, size: int) -> dic
         t.mkdir()
     env = dict(os.environ, CAIRN_PASSWORD=PASSWORD, RESTIC_PASSWORD=PASSWORD, BORG_PASSPHRASE=PASSWORD,
                BORG_BASE_DIR=str(cache), XDG_CACHE_HOME=str(cache), HOME=str(work),
-               PYTHONPATH=str(HERE.parent / "src"))
-    cmds = tool_commands(tool, repo, cache, data, targets["restore"])
-    extra = extra_commands(tool, repo, cache, largest_file(data), targets["restore_one"])
+               PYTHONPATH=str(baseline if tool == BASELINE and baseline else HERE.parent / "src"))
+    kind = "cairn" if tool == BASELINE else tool
+    cmds = tool_commands(kind, repo, cache, data, targets["restore"])
+    extra = extra_commands(kind, repo, cache, largest_file(data), targets["restore_one"])
     subprocess.run(cmds["init"], env=env, check=True, capture_output=True)
     subprocess.run(["sh", "-c", f'tar cf - "{data}" | cat > /dev/null'], check=True, stderr=subprocess.DEVNULL)
     out: dict[str, Result] = {}
@@ -204,6 +208,10 @@ def main() -> None:
     parser.add_argument("--image-size-mib", type=int, default=1024)
     parser.add_argument("--workdir", default="/var/tmp/cairn-bench")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--baseline", type=Path, metavar="SRC",
+                        help=f"also run, as tool {BASELINE!r}, the cairn whose package is under SRC (e.g. "
+                             "`git archive <commit> src | tar x -C DIR`, then DIR/src), alternating with the "
+                             "others: its ratio column is a change's after/before")
     parser.add_argument("--markdown", type=Path, metavar="JSON", help="print the tables of an earlier run's JSON as Markdown")
     args = parser.parse_args()
     if args.markdown:
@@ -213,6 +221,8 @@ def main() -> None:
             print(markdown(rows))
         return
     tools = [t for t in args.tools.split(",") if t == "cairn" or shutil.which(t)]
+    if args.baseline:
+        tools.append(BASELINE)
     report: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "load_start": loadavg(),
                     "cpus": os.cpu_count(), "tools": tools, "files": {}, "tables": {}}
     for name in args.datasets.split(","):
@@ -225,7 +235,7 @@ def main() -> None:
         for run in range(args.runs):
             for tool in tools:
                 print(f"{name} run {run + 1}/{args.runs}: {tool}", file=sys.stderr)
-                raw[tool].append(run_files(tool, source, Path(args.workdir) / "work", count, size))
+                raw[tool].append(run_files(tool, source, Path(args.workdir) / "work", count, size, args.baseline))
         med = {t: medians(r) for t, r in raw.items()}
         report["files"][name] = {"files": count, "bytes": size, "runs": raw, "medians": med}
         report["tables"][name] = table(f"{name}: {count} files, {size / 1e6:.0f} MB", med, list(FILE_SCENARIOS), METRICS)

@@ -8,8 +8,9 @@ file sizes; folders are opened lazily, so an --include that selects one file dee
 only the folders leading to it.
 
 Modules: restorer (the walk, folders, special entries, hard links, --delete), restore_files
-(regular files), restore_content (sparse writing, comparing), restore_entries (what to do with
-what the target already has), restore_select (patterns), restore_state (settings and result).
+(regular files), restore_content (sparse writing, comparing), restore_reads (the blobs of the
+next files read from their packs in coalesced ranges), restore_entries (what to do with what the
+target already has), restore_select (patterns), restore_state (settings and result).
 
 Safety against a malicious snapshot or a hostile target: every name was checked by `decode_tree`
 to be one path component; every entry is reached relative to an open descriptor of its parent,

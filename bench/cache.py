@@ -29,8 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +41,8 @@ from tcp_proxy import TcpProxy  # noqa: E402
 from cairn.ops.backup import BackupOptions, backup  # noqa: E402
 from cairn.repo.keys import KdfParams  # noqa: E402
 from cairn.repo.repository import Repository  # noqa: E402
-from cairn.storage.base import Backend, BackendProperties, ObjectInfo  # noqa: E402
+from cairn.storage.base import Backend  # noqa: E402
+from cairn.testing.counting import CountingBackend  # noqa: E402
 from cairn.storage.cache import CacheBackend  # noqa: E402
 from cairn.storage.local import LocalBackend  # noqa: E402
 from cairn.storage.stack import open_storage  # noqa: E402
@@ -51,43 +51,11 @@ PASSWORD = b"bench-password"
 BUCKET = "bench-cache"
 
 
-class Counting:
-    """Counts loads and bytes by the object's first folder."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.loads: Counter[str] = Counter()
-        self.bytes: Counter[str] = Counter()
-
-    @property
-    def properties(self) -> BackendProperties:
-        return self.inner.properties
-
-    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        data = self.inner.load(name, offset, length)
-        self.loads[name.split("/", 1)[0]] += 1
-        self.bytes[name.split("/", 1)[0]] += len(data)
-        return data
-
-    def store(self, name: str, data: bytes | memoryview) -> None:
-        self.inner.store(name, data)
-
-    def stat(self, name: str) -> ObjectInfo:
-        return self.inner.stat(name)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
-def stack(make: Callable[[], Backend], cache: Path | None) -> tuple[Backend, Counting]:
+def stack(make: Callable[[], Backend], cache: Path | None) -> tuple[Backend, CountingBackend]:
     """The backend `make` gives, counted, under a cache in `cache` (None: no cache)."""
-    counting = Counting(make())
+    counting = CountingBackend(make())
     return (CacheBackend(counting, cache) if cache is not None else counting), counting
 
 

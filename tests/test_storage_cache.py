@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from cairn.ops.forget import ForgetOptions, forget
 from cairn.ops.prune import PruneOptions, prune
 from cairn.ops.restore import RestoreOptions, restore
 from cairn.repo.repository import Repository
-from cairn.storage.base import Backend, BackendProperties, ObjectInfo
+from cairn.storage.base import Backend
+from cairn.testing.counting import CountingBackend
 from cairn.storage.cache import CACHEDIR_TAG, CHECKSUM_SIZE, CacheBackend, ObjectCache
 from cairn.storage.stack import open_storage
 from cairn.testing.conformance import BackendConformance
@@ -33,39 +33,6 @@ from servers import aws_env, s3_client
 PW = PASSWORD.encode()
 
 
-class Counting:
-    """A pass-through wrapper that counts what is downloaded, by the object's first folder."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.loads: Counter[str] = Counter()
-        self.bytes: Counter[str] = Counter()
-
-    @property
-    def properties(self) -> BackendProperties:
-        return self.inner.properties
-
-    def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        data = self.inner.load(name, offset, length)
-        kind = name.split("/", 1)[0]
-        self.loads[kind] += 1
-        self.bytes[kind] += len(data)
-        return data
-
-    def store(self, name: str, data: bytes | memoryview) -> None:
-        self.inner.store(name, data)
-
-    def stat(self, name: str) -> ObjectInfo:
-        return self.inner.stat(name)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @pytest.fixture
@@ -78,12 +45,12 @@ def location(moto_s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> s
     return f"s3:{moto_s3}/cache-tests/{uuid.uuid4().hex[:12]}"
 
 
-def cached(location: str, root: Path) -> tuple[CacheBackend, Counting]:
+def cached(location: str, root: Path) -> tuple[CacheBackend, CountingBackend]:
     """The real stack for `location` with the cache in `root`, and a counter of what reaches S3."""
     backend = open_storage(location, retry=None)
     assert isinstance(backend, CacheBackend)
     backend.root = root
-    counting = Counting(backend.inner)
+    counting = CountingBackend(backend.inner)
     backend.inner = counting
     return backend, counting
 
@@ -124,7 +91,7 @@ def test_a_second_run_downloads_no_index_or_snapshot_object(location: str, two_s
     assert kinds == {"index", "snapshots"}
     assert (cache / "CACHEDIR.TAG").read_bytes() == CACHEDIR_TAG
     # Without the cache the same run downloads them all.
-    counting = Counting(open_storage(location, cache=False))
+    counting = CountingBackend(open_storage(location, cache=False))
     with Repository.open(counting, PW) as repo:
         assert len(repo.list_snapshots()) == 3
         repo.load_index()
@@ -249,7 +216,7 @@ class TestCacheConformance(BackendConformance):
 
 
 def test_reads_before_a_listing_and_ranges(tmp_path: Path) -> None:
-    inner = Counting(MemoryBackend())
+    inner = CountingBackend(MemoryBackend())
     inner.store("index/one", b"0123456789")
     backend = CacheBackend(inner, tmp_path)
     assert backend.load("index/one", 2, 3) == b"234"  # not attached yet: passed through

@@ -187,7 +187,7 @@ def test_a_full_server_disk_raises_storage_full(ssh_home: Sshd, tmp_path: Path) 
         backend.store("config", b"small")
         with pytest.raises(StorageFull) as caught:
             backend.store("data/big", pattern(3 * 1024 * 1024))
-        assert str(caught.value) == f"no space left on sftp:cairn-test:{mount} while writing data/big"
+        assert str(caught.value) == f"no space left on sftp:cairn-test:{mount} while writing data/big: {StorageFull.AFTERMATH}"
         assert names(backend.list()) == {"config"}
         assert [p.name for p in mount.rglob(".tmp-*")] == []
         backend.close()

@@ -155,7 +155,7 @@ class S3Backend:
                 return StorageReadOnly(f"{where} is read-only: access denied to {action} {name}")
             return StorageAccessDenied(f"access denied to {action} {name} in {where}: check the credentials and the bucket policy")
         if code in _FULL:
-            return StorageFull(f"no space left on {where} while writing {name} ({code})")
+            return StorageFull(f"no space left on {where} while writing {name} ({code}): {StorageFull.AFTERMATH}")
         error = StorageError(f"cannot {action} {name} in {where}: {code or status} {exc.response.get('Error', {}).get('Message', '')}".rstrip())
         error.transient = status >= 500 or status == 429 or code in _TRANSIENT
         return error

@@ -83,7 +83,7 @@ class SftpBackend:
                 return StorageReadOnly(f"{where} is read-only: permission denied to {action} {name}")
             return StorageAccessDenied(f"permission denied to {action} {name} in {where}")
         if action == "write" and self._out_of_space(sftp, size):
-            return StorageFull(f"no space left on {where} while writing {name}")
+            return StorageFull(f"no space left on {where} while writing {name}: {StorageFull.AFTERMATH}")
         return StorageError(f"cannot {action} {name} in {where}: {describe(exc)}")
 
     def _exists(self, sftp: paramiko.SFTPClient, path: str) -> bool:

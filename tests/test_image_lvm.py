@@ -158,6 +158,7 @@ def test_lvm_refusals_are_one_line(fake_lvm: FakeLvm, repo_dir: Path, tmp_path: 
     assert "lvremove" not in {call[0] for call in fake_lvm.calls()}
     assert "not an LVM snapshot size" in refused(str(fake_lvm.origin), "--snapshot", "lvm", "--snapshot-size", "10%BANANA")
     assert "not both" in refused(str(fake_lvm.origin), "--snapshot", "lvm", "--freeze")
+    assert refused(str(fake_lvm.origin), "--snapshot-size", "1G") == "cairn: --snapshot-size goes with --snapshot lvm"
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     assert refused(str(fake_lvm.origin), "--snapshot", "lvm") == "cairn: --snapshot lvm needs the LVM tools, and lvs was not found"
 

@@ -13,7 +13,7 @@ import click
 from cairn.cli.context import State, global_options, pass_state
 from cairn.cli.notices import created_default_notice
 from cairn.cli.output import BytesProgress, human_duration, human_size, is_terminal
-from cairn.errors import CairnError
+from cairn.errors import CairnError, UsageError
 from cairn.ops import access
 
 if TYPE_CHECKING:
@@ -32,8 +32,9 @@ if TYPE_CHECKING:
               help="lvm: image a temporary LVM snapshot of the source logical volume, removed afterwards. "
                    "btrfs is refused: a btrfs snapshot is a consistent file tree, not a consistent block "
                    "device (use --freeze, or 'cairn backup' of the snapshot).")
-@click.option("--snapshot-size", default="10%ORIGIN", show_default=True, metavar="SIZE",
-              help="Copy-on-write space of the LVM snapshot: a size (2G) or a percentage (10%ORIGIN, 50%FREE).")
+@click.option("--snapshot-size", metavar="SIZE",
+              help="Copy-on-write space of the LVM snapshot: a size (2G) or a percentage (10%ORIGIN, 50%FREE); "
+                   "default 10%ORIGIN.")
 @click.option("--force", is_flag=True, help="Image a read-write mounted filesystem anyway (recorded as a warning).")
 @click.option("--verify", is_flag=True, help="Re-read the source and compare it with what was stored.")
 @click.option("--chunk-size", metavar="SIZE",
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 @pass_state
 def image_command(
     state: State, source: str, partition: int | None, all_blocks: bool, freeze: bool, freeze_timeout: float,
-    snapshot_mode: str | None, snapshot_size: str, force: bool, verify: bool, chunk_size: str | None,
+    snapshot_mode: str | None, snapshot_size: str | None, force: bool, verify: bool, chunk_size: str | None,
     tags: tuple[str, ...], host: str | None,
 ) -> None:
     """Image a whole disk (or one partition) into a new snapshot.
@@ -69,7 +70,10 @@ def image_command(
     out = state.output
     chunk = DEFAULT_CHUNK if chunk_size is None else parse_size(chunk_size)
     check_chunk_size(chunk)  # before a default repository is created
-    cow: str | int = snapshot_size if "%" in snapshot_size else parse_size(snapshot_size)
+    if snapshot_size is not None and snapshot_mode != "lvm":
+        raise UsageError("--snapshot-size goes with --snapshot lvm")
+    size = snapshot_size or "10%ORIGIN"
+    cow: str | int = size if "%" in size else parse_size(size)
     repo, created = access.ensure_repository(state.selection())
     if created:
         out.notice(created_default_notice(repo.backend.properties.location))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_KDF, PASSWORD, CliRun
+from conftest import FAST_KDF, FAST_KDF_ARGS, PASSWORD, CliRun
 from cairn.ops.check import CheckOptions, check
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
@@ -111,3 +111,25 @@ def test_repair_snapshots_drops_lost_blobs_and_marks_the_files(cli: CliRun, tmp_
     assert (restored / "a.bin").read_bytes() == (src / "a.bin").read_bytes()
     again = json.loads(cli("-r", str(repo_dir), "--json", "repair", "snapshots").stdout)
     assert again["repaired"] == [] and again["intact"] == 1
+
+
+def test_repair_index_in_an_append_only_repository_keeps_the_old_index_objects(
+    cli: CliRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo_dir = tmp_path / "repo"
+    monkeypatch.setenv("CAIRN_PASSWORD", PASSWORD)
+    made = cli("-r", str(repo_dir), "init", "--append-only", *FAST_KDF_ARGS)
+    assert made.exit_code == 0, made.stderr
+    src = make_source(tmp_path)
+    first = backup(cli, repo_dir, src)
+    old = {p.name for p in (repo_dir / "index").iterdir()}
+    result = cli("-r", str(repo_dir), "--json", "repair", "index")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["removed_indexes"] == 0 and data["packs"] >= 1
+    now = {p.name for p in (repo_dir / "index").iterdir()}
+    assert old < now  # the old objects stay (superseded), one new object names every pack
+    assert check(open_repo(repo_dir), CheckOptions(read_data=True)).errors == []
+    target = tmp_path / "out"
+    assert cli("-r", str(repo_dir), "restore", first[:8], "--target", str(target)).exit_code == 0
+    assert (target / src.relative_to("/") / "a.bin").read_bytes() == (src / "a.bin").read_bytes()

@@ -110,6 +110,57 @@ def test_apply_removes_attributes_the_snapshot_lacks_such_as_an_inherited_acl(fo
     assert "user:1234" not in run("getfacl", "-p", path / "d" / "f")
 
 
+def test_what_a_folder_gives_new_entries_decides_which_calls_a_new_file_needs(folder: tuple[Path, int]) -> None:
+    path, fd = folder
+    os.mkdir(path / "plain")
+    os.mkdir(path / "acl")
+    run("setfacl", "-d", "-m", "u:1234:rwx", path / "acl")
+    plain = os.open(path / "plain", os.O_RDONLY | os.O_DIRECTORY)
+    acl = os.open(path / "acl", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        me = (os.geteuid(), os.getegid())
+        assert metadata.probe_folder(plain, made=True) == metadata.Created(me, True)
+        assert metadata.probe_folder(plain, made=False) == metadata.Created(None, True)  # not ours: chown
+        assert metadata.probe_folder(acl, made=True).bare is False
+        node = Node(name=b"f", type="file", mode=0o644, uid=me[0], gid=me[1], atime=T0 - 3, mtime=T0)
+        made = metadata.probe_folder(plain, made=True)
+        assert metadata.creation_mode(node, made, 0o022, owner=True) == 0o644
+        for other in (Node(name=b"f", type="file", mode=0o664, uid=me[0], gid=me[1]),  # the umask takes a bit
+                      Node(name=b"f", type="file", mode=0o4755, uid=me[0], gid=me[1]),  # setuid: chmod after
+                      Node(name=b"f", type="file", mode=0o644, uid=me[0], gid=me[1], xattrs=[(b"user.a", b"")]),
+                      Node(name=b"f", type="file", mode=0o644, uid=NOBODY, gid=me[1])):  # chown first
+            assert metadata.creation_mode(other, made, 0o022, owner=True) is None
+        assert metadata.creation_mode(node, metadata.probe_folder(acl, made=True), 0o022, owner=True) is None
+        assert metadata.creation_mode(node, made, None, owner=True) is None  # umask unknown
+
+        # a new file in each: what apply leaves out must not change the result
+        for sub, at in (("plain", plain), ("acl", acl)):
+            created = metadata.probe_folder(at, made=True)
+            mode = metadata.creation_mode(node, created, metadata.process_umask(), owner=True)
+            f = os.open(b"f", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600 if mode is None else mode, dir_fd=at)
+            try:
+                created = metadata.Created(created.owner, created.bare, mode)
+                assert metadata.apply(at, b"f", node, owner=True, fd=f, created=created) == []
+            finally:
+                os.close(f)
+            st = lstat(path / sub, "f")
+            assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns) == (
+                0o644, *me, T0 - 3, T0)
+            assert [a for a in os.listxattr(path / sub / "f") if not a.startswith("security.")] == []
+    finally:
+        os.close(plain)
+        os.close(acl)
+
+
+def test_the_umask_is_read_without_changing_it() -> None:
+    old = os.umask(0o027)
+    try:
+        assert metadata.process_umask() == 0o027
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)
+
+
 def test_apply_to_a_symlink_never_touches_what_it_points_to(folder: tuple[Path, int]) -> None:
     path, fd = folder
     outside = path / "outside"

@@ -90,6 +90,23 @@ def test_a_folder_inside_the_snapshot_restores_identically(world: tuple[Reposito
         check_identical(src / sub, target)
 
 
+def test_a_target_that_gives_new_entries_a_group_and_an_acl_still_gets_exact_copies(
+    world: tuple[Repository, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """New files and folders in a set-group-ID folder with a default ACL get that group and an
+    inherited ACL by themselves: the restore must not take them for already right (it skips a
+    chown, a listing of attributes and a chmod only where the folder shows nothing to inherit)."""
+    repo, src, snaps = world
+    for sub in ("files", "links"):
+        target = tmp_path / sub
+        target.mkdir()
+        os.chown(target, 4321, 8765)
+        os.chmod(target, 0o2777)
+        run("setfacl", "-d", "-m", "u:1234:rwx,g:5678:r", target)
+        restore(repo, RestoreOptions(f"{snaps['reference']}:{src}/{sub}", str(target)))
+        check_identical(src / sub, target)
+
+
 def test_includes_restore_what_they_name_and_the_folders_leading_to_it(
     world: tuple[Repository, Path, dict[str, str]], tmp_path: Path
 ) -> None:

@@ -77,7 +77,9 @@ def command(state: State, snapshot: str, target: str, include: tuple[str, ...], 
                              overwrite=overwrite, delete=delete, verify=verify)
     try:
         with out.progress("restoring") as progress:
-            result = restore(repo, options, progress=progress)
+            # No display, no callback: the restore then skips its side walk of every tree that
+            # only adds up the progress bar's total (a second read of all the trees).
+            result = restore(repo, options, progress=progress if progress.enabled else None)
     except CairnError as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:

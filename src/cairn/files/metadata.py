@@ -31,6 +31,7 @@ import grp
 import os
 import pwd
 import stat
+from dataclasses import dataclass
 from functools import lru_cache
 
 from cairn.files.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
@@ -134,15 +135,86 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _set_xattrs(parent_fd: int, name: bytes, node: Node, fd: int | None) -> list[str]:
+@dataclass(frozen=True)
+class Created:
+    """What an entry the restore has just created (O_EXCL, a new name) has without being told,
+    as its folder shows: `apply` leaves out the calls that would change nothing. For a small
+    file that is three system calls of seven (chown, listxattr, chmod), and each one also hands
+    the GIL to another thread and back.
+
+    `owner`: the (uid, gid) every new entry of the folder gets, or None when not known.
+    `bare`: it has no extended attribute other than security.* ones (which `apply` never
+    removes): the folder has no default ACL or other attribute for it to inherit.
+    `mode`: the permission bits it was created with, when they are already the snapshot's.
+    """
+
+    owner: tuple[int, int] | None
+    bare: bool
+    mode: int | None = None
+
+
+def probe_folder(fd: int, made: bool) -> Created:
+    """What entries created in the open folder `fd` get by themselves (see Created).
+
+    The owner is trusted only for a folder this restore has just made (`made`) and only when it
+    is the process's own: then the filesystem gives new entries their creator's uid and this
+    folder's gid (it has no set-group-ID bit from a parent, or the parent's group is ours), as
+    it did to the folder. An existing folder on a filesystem that maps owners (root squashing,
+    a FAT mount's uid=) could say otherwise, so there every entry is chowned as before. Any
+    attribute on the folder other than security.* (a default ACL, an NFSv4 ACL) may be
+    inherited, so then every new entry's attributes are listed and cleaned as before.
+    """
+    owner = None
+    if made:
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()):
+            owner = (st.st_uid, st.st_gid)
+    try:
+        bare = all(a.startswith("security.") for a in os.listxattr(fd))
+    except OSError:
+        bare = False  # no attributes here, or unreadable: keep the per-entry listing and its warning
+    return Created(owner, bare)
+
+
+def creation_mode(node: Node, created: Created | None, umask: int | None, owner: bool) -> int | None:
+    """The snapshot's permission bits, when a new file can be created with them and need no
+    chmod afterwards: plain bits the umask leaves alone, no attributes to set (an ACL changes
+    the group bits), no default ACL in the folder, and the final owner already (a file must not
+    be readable by the wrong group or user while its content is written). Else None."""
+    if created is None or umask is None or not created.bare or node.xattrs:
+        return None
+    if node.mode & ~0o777 or node.mode & umask:
+        return None
+    if owner and created.owner != (node.uid, node.gid):
+        return None
+    return node.mode
+
+
+def process_umask() -> int | None:
+    """The umask, read without changing it (os.umask can only set it, racing other threads);
+    None when /proc does not say (then files are chmod'ed as before)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _set_xattrs(parent_fd: int, name: bytes, node: Node, fd: int | None, bare: bool = False) -> list[str]:
     """Make the entry's attributes those of `node`: set each, remove the ones the snapshot does
-    not have (an ACL inherited from a folder's default ACL, a stale one from an earlier file)."""
+    not have (an ACL inherited from a folder's default ACL, a stale one from an earlier file).
+    `bare`: the entry is known to have none to remove (Created), so they are not listed."""
     warnings: list[str] = []
     target: int | bytes = fd if fd is not None else _proc_path(parent_fd, name)
     follow = fd is not None
     wanted = dict(node.xattrs)
+    if bare and not wanted:
+        return warnings
     try:
-        present = [os.fsencode(a) for a in os.listxattr(target, follow_symlinks=follow)]
+        present = [] if bare else [os.fsencode(a) for a in os.listxattr(target, follow_symlinks=follow)]
     except OSError as exc:
         if wanted:
             warnings.append(f"extended attributes not restored: {_why(exc)}")
@@ -162,16 +234,20 @@ def _set_xattrs(parent_fd: int, name: bytes, node: Node, fd: int | None) -> list
     return warnings
 
 
-def apply(parent_fd: int, name: bytes, node: Node, *, owner: bool, fd: int | None = None) -> list[str]:
+def apply(
+    parent_fd: int, name: bytes, node: Node, *, owner: bool, fd: int | None = None, created: Created | None = None
+) -> list[str]:
     """Set the metadata of `node` on the entry `name` in `parent_fd` (or on `fd`, the entry
     itself, open). Returns one message per thing that could not be set, never raises for those:
     a restore as a normal user still gets modes, times and attributes right.
 
     `owner=False` skips ownership without a warning (the caller notes once that it is not root).
+    `created`: what the entry, just created, already has (calls that would change nothing are
+    left out); None for an entry that was there before, which gets every call.
     """
     warnings: list[str] = []
     is_link = node.type == SYMLINK
-    if owner:
+    if owner and (created is None or created.owner != (node.uid, node.gid)):
         try:
             if fd is not None:
                 os.fchown(fd, node.uid, node.gid)
@@ -179,8 +255,8 @@ def apply(parent_fd: int, name: bytes, node: Node, *, owner: bool, fd: int | Non
                 os.chown(name, node.uid, node.gid, dir_fd=parent_fd, follow_symlinks=False)
         except OSError as exc:
             warnings.append(f"owner {node.uid}:{node.gid} not restored: {_why(exc)}")
-    warnings += _set_xattrs(parent_fd, name, node, fd)
-    if not is_link:
+    warnings += _set_xattrs(parent_fd, name, node, fd, bare=created is not None and created.bare)
+    if not is_link and (created is None or created.mode != node.mode):
         try:
             if fd is not None:
                 os.fchmod(fd, node.mode)

@@ -38,6 +38,7 @@ _CHECK_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 class FileWriter:
     def __init__(self, repo: Repository, settings: RestoreSettings, tally: Tally, owner: bool) -> None:
         self.repo, self.settings, self.tally, self.owner = repo, settings, tally, owner
+        self.umask = metadata.process_umask()
         self.zeros = content.ZeroBlobs()
         self.reads = PackReads(repo)
         self.writers = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-restore")
@@ -61,28 +62,36 @@ class FileWriter:
         their blobs that lie together in a pack are read together (restore_reads)."""
         self.reads.plan(b for b in blob_ids if self.zeros.get(b) is None)
 
-    def start(self, parent: int, node: Node, rel: bytes) -> Future[bool]:
+    def start(self, parent: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> Future[bool]:
         """Queue the file `node` of the folder `parent` (walker thread only); the job's result
-        says whether the file is in the target when it ends. `parent` must stay open until then."""
+        says whether the file is in the target when it ends. `parent` must stay open until then.
+        `created`: what a new entry of that folder gets by itself (metadata.probe_folder)."""
         self.slots.acquire()
         try:
-            return self.writers.submit(self.job, parent, node, rel)
+            return self.writers.submit(self.job, parent, node, rel, created)
         except BaseException:
             self.slots.release()
             raise
 
-    def create(self, parent: int, node: Node, rel: bytes) -> tuple[int, bool] | bool:
-        """(descriptor, whether it is an existing file to compare first) of the file to write;
-        True when what is there stays as it is, False when the file cannot be restored."""
+    def create(
+        self, parent: int, node: Node, rel: bytes, created: metadata.Created | None
+    ) -> tuple[int, bool, metadata.Created | None] | bool:
+        """(descriptor, whether it is an existing file to compare first, what a new file already
+        has) of the file to write; True when what is there stays as it is, False when the file
+        cannot be restored. A new file is created with its final mode when that saves a chmod."""
+        mode = metadata.creation_mode(node, created, self.umask, self.owner)
         try:  # the usual case, a name not taken yet, costs one system call
-            return os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent), False
+            fd = os.open(node.name, NEW_FILE_FLAGS, 0o600 if mode is None else mode, dir_fd=parent)
         except FileExistsError:
             return self.existing(parent, node, rel)
         except OSError as exc:
             self.tally.note("skipped", rel, f"file not restored: {exc.strerror or exc}")
             return False
+        if created is not None:
+            created = metadata.Created(created.owner, created.bare, mode)
+        return fd, False, created
 
-    def existing(self, parent: int, node: Node, rel: bytes) -> tuple[int, bool] | bool:
+    def existing(self, parent: int, node: Node, rel: bytes) -> tuple[int, bool, None] | bool:
         """The name is taken: (descriptor, whether to compare before writing) for a file to
         write, True when what is there stays (--overwrite), False when it cannot be restored."""
         st = lstat_at(parent, node.name)
@@ -96,13 +105,13 @@ class FileWriter:
         try:
             if action == Action.CHECK:
                 try:
-                    return os.open(node.name, _CHECK_FLAGS, dir_fd=parent), True
+                    return os.open(node.name, _CHECK_FLAGS, dir_fd=parent), True, None
                 except PermissionError:  # not readable by us: replaced below
                     pass
             st = lstat_at(parent, node.name)
             if st is not None:
                 remove(parent, node.name, st)
-            return os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent), False
+            return os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent), False, None
         except OSError as exc:
             self.tally.note("skipped", rel, f"file not restored: {exc.strerror or exc}")
             return False
@@ -113,15 +122,15 @@ class FileWriter:
         os.unlink(node.name, dir_fd=parent)
         return os.open(node.name, NEW_FILE_FLAGS, 0o600, dir_fd=parent)
 
-    def job(self, parent: int, node: Node, rel: bytes) -> bool:
+    def job(self, parent: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> bool:
         """In a writer thread: create, or keep an equal existing file, or replace it; write the
         content; set the metadata. True when the file ends up in the target (even if damaged)."""
         fd = -1
         try:
-            opened = self.create(parent, node, rel)
+            opened = self.create(parent, node, rel, created)
             if isinstance(opened, bool):
                 return opened
-            fd, check = opened
+            fd, check, created = opened
             if check:
                 if content.is_single_file(fd):
                     lengths = content.blob_lengths(self.repo, node, self.zeros)
@@ -138,7 +147,7 @@ class FileWriter:
                 if at is not None:
                     raise content.ContentMismatch(f"--verify: the file differs from the snapshot at byte {at}")
                 self.tally.count("verified")
-            self.finish(parent, fd, node, rel)
+            self.finish(parent, fd, node, rel, created)
             self.tally.file_done(node.size, written)
             self.tally.report(rel)
         except content.ContentMismatch as exc:
@@ -157,6 +166,6 @@ class FileWriter:
             self.slots.release()
         return True
 
-    def finish(self, parent: int, fd: int, node: Node, rel: bytes) -> None:
-        for warning in metadata.apply(parent, node.name, node, owner=self.owner, fd=fd):
+    def finish(self, parent: int, fd: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> None:
+        for warning in metadata.apply(parent, node.name, node, owner=self.owner, fd=fd, created=created):
             self.tally.note("warnings", rel, warning)

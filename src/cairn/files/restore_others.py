@@ -24,13 +24,15 @@ class OtherEntries:
     def __init__(self, settings: RestoreSettings, tally: Tally, owner: bool) -> None:
         self.settings, self.tally, self.owner = settings, tally, owner
 
-    def special(self, parent: int, node: Node, rel: bytes) -> bool:
-        """A symlink, FIFO or device node; False when it was not restored."""
+    def special(self, parent: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> bool:
+        """A symlink, FIFO or device node; False when it was not restored. `created`: what a
+        new entry of the folder gets by itself (metadata.probe_folder)."""
         kept = False
         try:
             try:  # the usual case first: the name is free
                 make_special(parent, node.name, node)
             except FileExistsError:
+                created = None  # what is there now was not made by this call
                 st = lstat_at(parent, node.name)
                 action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
                 if action == Action.BLOCKED:
@@ -53,7 +55,7 @@ class OtherEntries:
         except OSError as exc:
             self.tally.note("skipped", rel, f"not restored: {exc.strerror or exc}")
             return False
-        for warning in metadata.apply(parent, node.name, node, owner=self.owner):
+        for warning in metadata.apply(parent, node.name, node, owner=self.owner, created=created):
             self.tally.note("warnings", rel, warning)
         self.tally.count("unchanged" if kept else "specials")
         return True

@@ -71,6 +71,7 @@ class _Frame:
     pending: list[Future[bool]] = field(default_factory=list)
     index: int = 0
     planned: int = 0  # entries before this one had their blobs planned (PackReads)
+    created: metadata.Created | None = None  # what a new entry in the open folder gets by itself
 
 
 def _raise_fd_limit() -> None:
@@ -116,6 +117,7 @@ class Restorer:
         existed = os.path.isdir(target)
         os.makedirs(target, exist_ok=True)
         self.top_fd = top.fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        top.created = metadata.probe_folder(top.fd, made=not existed)
         if existed and top.node is not None:  # the target stands for the folder restored into it
             mode, mtime = self.settings.overwrite, os.fstat(top.fd).st_mtime_ns
             top.apply = mode != NEVER and not (mode == IF_NEWER and top.node.mtime <= mtime)
@@ -190,12 +192,12 @@ class Restorer:
         if node.type == FILE:
             if frame.index > frame.planned:
                 self.plan(frame)
-            job = self.files.start(parent, node, rel)
+            job = self.files.start(parent, node, rel, frame.created)
             if len(frame.pending) >= IN_FLIGHT:  # a folder of a million files keeps few futures
                 frame.pending = [j for j in frame.pending if not j.done()]
             frame.pending.append(job)
         elif node.type in (SYMLINK, FIFO, CHARDEV, BLOCKDEV):
-            if not self.others.special(parent, node, rel):
+            if not self.others.special(parent, node, rel, frame.created):
                 return None
         else:
             self.note("skipped", rel, f"entry type {node.type!r} is not restored by this version")
@@ -249,6 +251,7 @@ class Restorer:
                 try:
                     os.mkdir(node.name, 0o700, dir_fd=parent)
                     frame.fd = os.open(node.name, DIR_FLAGS, dir_fd=parent)
+                    frame.created = metadata.probe_folder(frame.fd, made=True)
                     self.tally.count("dirs")
                     return True
                 except FileExistsError:
@@ -257,7 +260,8 @@ class Restorer:
             if not create and (st is None or not stat.S_ISDIR(st.st_mode)):
                 return False  # only looking (for --delete): nothing to look into
             action = decide(parent, node.name, st, node, self.settings.overwrite, self.settings.delete)
-            if action in (Action.CREATE, Action.REPLACE):
+            made = action in (Action.CREATE, Action.REPLACE)
+            if made:
                 if st is not None:
                     remove(parent, node.name, st)
                 os.mkdir(node.name, 0o700, dir_fd=parent)
@@ -267,6 +271,7 @@ class Restorer:
                 return False
             frame.apply = action != Action.LEAVE
             frame.fd = os.open(node.name, DIR_FLAGS, dir_fd=parent)
+            frame.created = metadata.probe_folder(frame.fd, made)
         except OSError as exc:
             frame.blocked = True
             self.note("skipped", frame.rel, f"folder not restored: {exc.strerror or exc}")

@@ -10,13 +10,20 @@ own metadata waits for all its files' jobs (restorer), so their creation still p
 
 At most IN_FLIGHT files are queued or being written: `start` blocks when the writers are
 behind, so memory stays near WORKERS * (PREFETCH + 1) * max chunk size whatever the sizes.
+
+The writer pool is a queue and threads of its own, not a ThreadPoolExecutor: a Future per file
+costs a Condition, an RLock and their notifications under the GIL, and the in-flight bound a
+Python semaphore; here a job is a small object with one C lock, and the bound is a C queue of
+tokens (both block without holding the GIL). On a restore of 50,000 small files that thread
+machinery was about a sixth of the time the GIL was held.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from cairn.errors import CairnError
 from cairn.files import metadata
@@ -35,15 +42,50 @@ IN_FLIGHT = 2 * WORKERS
 _CHECK_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+class FileJob:
+    """A file handed to the writers, with a Future's `done` and `result` (which re-raises what
+    a writer did not expect)."""
+
+    __slots__ = ("args", "ok", "error", "_finished")
+
+    def __init__(self, args: tuple[object, ...]) -> None:
+        self.args = args
+        self.ok: bool | None = None
+        self.error: BaseException | None = None
+        self._finished = threading.Lock()
+        self._finished.acquire()  # released when the job ends
+
+    def done(self) -> bool:
+        return self.ok is not None
+
+    def result(self) -> bool:
+        if self.ok is None:
+            with self._finished:  # waits for the release in `end`
+                pass
+        if self.error is not None:
+            raise self.error
+        assert self.ok is not None
+        return self.ok
+
+    def end(self, ok: bool, error: BaseException | None = None) -> None:
+        self.error = error
+        self.ok = ok
+        self._finished.release()
+
+
 class FileWriter:
     def __init__(self, repo: Repository, settings: RestoreSettings, tally: Tally, owner: bool) -> None:
         self.repo, self.settings, self.tally, self.owner = repo, settings, tally, owner
         self.umask = metadata.process_umask()
         self.zeros = content.ZeroBlobs()
         self.reads = PackReads(repo)
-        self.writers = ThreadPoolExecutor(WORKERS, thread_name_prefix="cairn-restore")
+        self.queue: queue.SimpleQueue[FileJob | None] = queue.SimpleQueue()
+        self.slots: queue.SimpleQueue[None] = queue.SimpleQueue()  # one token per file that may be in flight
+        for _ in range(IN_FLIGHT):
+            self.slots.put(None)
+        self.closing = False
+        self.writers: list[threading.Thread] = []  # started by the first `start`, ended by `close`
         self.loaders = ThreadPoolExecutor(LOADERS, thread_name_prefix="cairn-load")
-        self.slots = threading.BoundedSemaphore(IN_FLIGHT)
         self.crash: BaseException | None = None
         """An exception a writer did not expect (a bug, an interrupt): the walker re-raises it."""
 
@@ -53,25 +95,48 @@ class FileWriter:
             raise self.crash
 
     def close(self) -> None:
-        """Wait for the files being written (an interrupted run cancels the queued ones)."""
-        self.writers.shutdown(wait=True, cancel_futures=True)
+        """Wait for the files being written (an interrupted run drops the queued ones)."""
+        self.closing = True
+        for _ in self.writers:
+            self.queue.put(None)
+        for thread in self.writers:
+            thread.join()
         self.loaders.shutdown(wait=True, cancel_futures=True)
+
+    def work(self) -> None:
+        """A writer thread: run queued jobs until `close`."""
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            if self.closing:  # dropped: the walk is over (interrupted, or a crash)
+                self.slots.put(None)
+                job.end(False)
+                continue
+            try:
+                ok = self.job(*job.args)  # type: ignore[arg-type]
+            except BaseException as exc:  # noqa: BLE001 - kept in self.crash by `job`, re-raised by result()
+                job.end(False, exc)
+            else:
+                job.end(ok)
 
     def plan(self, blob_ids: list[bytes]) -> None:
         """Note the content of the files the walker is about to `start`, in order, so that
         their blobs that lie together in a pack are read together (restore_reads)."""
         self.reads.plan(b for b in blob_ids if self.zeros.get(b) is None)
 
-    def start(self, parent: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> Future[bool]:
+    def start(self, parent: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> FileJob:
         """Queue the file `node` of the folder `parent` (walker thread only); the job's result
         says whether the file is in the target when it ends. `parent` must stay open until then.
         `created`: what a new entry of that folder gets by itself (metadata.probe_folder)."""
-        self.slots.acquire()
-        try:
-            return self.writers.submit(self.job, parent, node, rel, created)
-        except BaseException:
-            self.slots.release()
-            raise
+        if not self.writers:
+            self.writers = [threading.Thread(target=self.work, name=f"cairn-restore-{i}") for i in range(WORKERS)]
+            for thread in self.writers:
+                thread.start()
+        self.slots.get()  # given back at the end of `job`
+        job = FileJob((parent, node, rel, created))
+        self.queue.put(job)
+        return job
 
     def create(
         self, parent: int, node: Node, rel: bytes, created: metadata.Created | None
@@ -163,7 +228,7 @@ class FileWriter:
         finally:
             if fd >= 0:
                 os.close(fd)
-            self.slots.release()
+            self.slots.put(None)
         return True
 
     def finish(self, parent: int, fd: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> None:

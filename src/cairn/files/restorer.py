@@ -33,14 +33,13 @@ import resource
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from cairn.files import metadata
 from cairn.files.restore_entries import (
     DIR_FLAGS, IF_NEWER, NEVER, Action, decide, delete_strays, lstat_at, remove,
 )
-from cairn.files.restore_files import IN_FLIGHT, FileWriter
+from cairn.files.restore_files import IN_FLIGHT, FileJob, FileWriter
 from cairn.files.restore_others import OtherEntries
 from cairn.files.restore_select import planned_bytes
 from cairn.files.restore_state import RestoreProgress, RestoreResult, RestoreSettings, Tally
@@ -68,7 +67,7 @@ class _Frame:
     apply: bool = True
     blocked: bool = False
     strays: bool = True  # --delete may remove what the snapshot folder does not have
-    pending: list[Future[bool]] = field(default_factory=list)
+    pending: list[FileJob] = field(default_factory=list)
     index: int = 0
     planned: int = 0  # entries before this one had their blobs planned (PackReads)
     created: metadata.Created | None = None  # what a new entry in the open folder gets by itself
@@ -102,7 +101,7 @@ class Restorer:
         self.owner = os.geteuid() == 0 if settings.owner is None else settings.owner
         self.files = FileWriter(repo, settings, self.tally, self.owner)
         self.others = OtherEntries(settings, self.tally, self.owner)
-        self.linked: dict[tuple[int, int], tuple[bytes, Future[bool] | None]] = {}
+        self.linked: dict[tuple[int, int], tuple[bytes, FileJob | None]] = {}
         self.waiting: list[_Frame] = []  # left by the walk, files still being written
         self.top_fd = -1
 
@@ -188,7 +187,7 @@ class Restorer:
             if first_job is None or first_job.result():  # else this name becomes the first
                 self.others.link(self.top_fd, parent, node, rel, first)
                 return None
-        job: Future[bool] | None = None
+        job: FileJob | None = None
         if node.type == FILE:
             if frame.index > frame.planned:
                 self.plan(frame)

@@ -91,3 +91,18 @@ def test_lookups_between_add_records_see_the_records(ids: np.ndarray) -> None:
     assert len(index) == 2 * PER_PACK
     assert index.lookup(ids[PER_PACK + 5].tobytes()) is not None
     assert index.lookup(ids[5].tobytes()) is not None
+
+
+def test_blobs_added_one_by_one_are_found_while_the_filter_grows(ids: np.ndarray) -> None:
+    """The write path of a backup: look up, then add, one blob at a time, past several rebuilds
+    of the Bloom filter that answers misses; every added id is then found, no other one is."""
+    from cairn.repo.pack import PackEntry
+
+    index = BlobIndex()
+    count = 150_000  # the filter starts with room for 131,072 entries: one rebuild at least
+    for n in range(count):
+        blob_id = ids[n].tobytes()
+        assert index.lookup(blob_id) is None
+        index.add(b"p" * 32, PackEntry(0, blob_id, n, 1, 1))
+    assert all(index.lookup(ids[n].tobytes()) is not None for n in range(0, count, 7))
+    assert not any(index.lookup(ids[n].tobytes()) is not None for n in range(count, count + 20_000))

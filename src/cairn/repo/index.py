@@ -5,6 +5,11 @@ blobs that is gigabytes. Instead entries live in sorted NumPy columns ("segments
 bytes of the id as a uint64 search key, the other 24 bytes, and four uint32 fields plus a type
 byte. New entries collect in a small dict and are frozen into a segment when it fills; segments
 of similar size are merged (log-structured), so a lookup searches a handful of sorted arrays.
+A Bloom filter over the search keys (2 bits set per blob in 8-24 bits per blob, so 1-3 bytes
+per blob, rebuilt bigger when the index outgrows it) answers most lookups of an
+absent id without touching the segments: a first backup looks up every new blob three times
+(before sealing, again under the repository's lock, and when indexing the uploaded pack), and
+each miss otherwise costs one NumPy search per segment (~4.5 us at 500,000 blobs).
 A bulk load (`add_records` per pack, then `compact`, as `Repository.load_index` does) keeps the
 caller's packed records and builds them into one segment in place at the first lookup: loading
 10 million blobs peaks at about 81 bytes per blob above the records, not 165 (bench/scale.py).
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 INDEX_FORMAT = 1
 RECORD = struct.Struct(">B32sIII")  # type, id, offset, length, plaintext length
 PENDING_LIMIT = 1 << 15
+BLOOM_MIN_BITS = 1 << 20  # 128 KiB
+BLOOM_BITS_PER_BLOB = 12  # at least, when built; rebuilt bigger below 8 (2 bits per blob: 3-5% false hits)
 
 
 @cache
@@ -180,6 +187,11 @@ class BlobIndex:
         # (the decoded index objects), so holding them costs no copy.
         self._records: list[tuple[int, bytes]] = []
         self._record_count = 0
+        # Bloom filter over every entry's search key; None until the first lookup builds it
+        # (a bulk load pays nothing for it), and again whenever it must be rebuilt bigger.
+        self._bloom: bytearray | None = None
+        self._bloom_mask = 0
+        self._bloom_room = 0  # entries it may still take before it is rebuilt
 
     def __len__(self) -> int:
         return len(self._pending) + self._record_count + sum(len(s) for s in self._segments)
@@ -207,6 +219,16 @@ class BlobIndex:
         self._pending[entry.blob_id] = (
             self._pack_number(pack_id), entry.offset, entry.length, entry.raw_length, entry.blob_type,
         )
+        bloom = self._bloom
+        if bloom is not None:
+            if self._bloom_room <= 0:
+                self._bloom = None
+            else:
+                self._bloom_room -= 1
+                key, mask = int.from_bytes(entry.blob_id[:8], "big"), self._bloom_mask
+                low, high = key & mask, (key >> 32) & mask
+                bloom[low >> 3] |= 1 << (low & 7)
+                bloom[high >> 3] |= 1 << (high & 7)
         if len(self._pending) >= PENDING_LIMIT:
             self._freeze()
 
@@ -217,6 +239,7 @@ class BlobIndex:
         if records:
             self._records.append((self._pack_number(pack_id), bytes(records)))
             self._record_count += len(records) // RECORD.size
+            self._bloom = None  # rebuilt with these at the next lookup
 
     def _freeze(self) -> None:
         import numpy as np
@@ -251,17 +274,47 @@ class BlobIndex:
             newer, older = self._segments.pop(), self._segments.pop()
             self._segments.append(_Segment.merge(older, newer))
 
+    def _build_bloom(self) -> bytearray:
+        """A Bloom filter of every entry's key, with room for as many entries again."""
+        import numpy as np
+
+        count = len(self)
+        bits = BLOOM_MIN_BITS
+        while bits < BLOOM_BITS_PER_BLOB * count and bits < 1 << 32:
+            bits <<= 1
+        mask = bits - 1
+        table = np.zeros(bits >> 3, dtype=np.uint8)
+        parts = [seg.key for seg in self._segments]
+        if self._pending:
+            parts.append(_split_ids(np.frombuffer(b"".join(self._pending), dtype=np.uint8).reshape(-1, 32))[0])
+        for keys in parts:
+            for shift in (0, 32):
+                positions = (keys >> np.uint64(shift)) & np.uint64(mask)
+                np.bitwise_or.at(table, positions >> np.uint64(3), np.left_shift(np.uint8(1), (positions & np.uint64(7)).astype(np.uint8)))
+        self._bloom = bytearray(table.tobytes())
+        self._bloom_mask = mask
+        self._bloom_room = max(0, bits // 8 - count)
+        return self._bloom
+
     def __contains__(self, blob_id: bytes) -> bool:
         return self.lookup(blob_id) is not None
 
     def lookup(self, blob_id: bytes) -> IndexEntry | None:
         if self._records:
             self._build_records()
+            self._bloom = None
         pending = self._pending.get(blob_id)
         if pending is not None:
             pack, offset, length, raw, blob_type = pending
             return IndexEntry(blob_id, blob_type, self.pack_ids[pack], offset, length, raw)
         key, rest = int.from_bytes(blob_id[:8], "big"), blob_id[8:]
+        bloom = self._bloom
+        if bloom is None:
+            bloom = self._build_bloom()
+        mask = self._bloom_mask
+        low, high = key & mask, (key >> 32) & mask
+        if not (bloom[low >> 3] >> (low & 7)) & 1 or not (bloom[high >> 3] >> (high & 7)) & 1:
+            return None
         for seg in reversed(self._segments):
             i = seg.find(key, rest)
             if i >= 0:

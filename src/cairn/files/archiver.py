@@ -4,17 +4,20 @@ The walk runs in the caller's thread, depth first and in name order (so trees co
 whatever the timing). For each entry it does one lstat and decides:
 
 - a file unchanged since the parent (filescache) keeps the parent's content ids, unread;
-- any other file is opened here and handed to the pipeline (pipeline.py), which reads and
-  stores it in its threads; a second hard link to a file already read shares that read;
+- any other file is handed to the pipeline (pipeline.py), whose readers open it, capture its
+  metadata and read and store it in their threads; a second hard link to a file already read
+  shares that read;
 - a folder is entered; symlinks, FIFOs and devices carry metadata only; a socket is skipped
   with a warning (it is recreated by the program listening on it, not restored).
 
 A folder is finished when its last entry was visited. If it and everything below it are
 unchanged it keeps the parent's tree id (see filescache); else each entry's metadata is
-captured (files.metadata) and the folder waits in a queue until the content of its files is
-read, then its tree is encoded and stored. The queue is in post-order, so a folder's subfolders
-are always finished before it, and the walk never waits for the readers except when the queue
-or the pipeline is full: memory stays bounded and both cores stay busy.
+captured (files.metadata; a file being read by the reader that opened it) and the folder waits
+in a queue, its descriptor open for the readers, until the content of its files is read; then
+its tree is encoded and stored and the folder closed. The queue is in post-order, so a folder's
+subfolders are always finished before it, and the walk never waits for the readers except when
+the queue or the pipeline is full: memory and open descriptors stay bounded and both cores stay
+busy.
 
 The snapshot root mirrors restic: it holds the components of each given absolute path, so
 backing up /home/u/docs gives root -> home -> u -> docs and a restore recreates that under its
@@ -42,7 +45,7 @@ from cairn.files.excludes import ExcludeOptions, Excluder
 from cairn.files.filescache import ParentFolder, ParentTrees
 from cairn.files.metadata import capture, entry_type
 from cairn.files.pipeline import Pending, Pipeline
-from cairn.files.scanner import DIR_FLAGS, FILE_FLAGS, Plan, Totals, join, list_names, make_plan, open_at, reason
+from cairn.files.scanner import DIR_FLAGS, Plan, Totals, join, list_names, make_plan, open_at, reason
 from cairn.files.tree import DIR, FILE, Node, encode_tree
 from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
@@ -51,6 +54,8 @@ from cairn.repo.repository import Repository
 # oldest folder. It bounds memory when a big file holds up the queue while the other reader
 # keeps going (at ~1 KB per entry), and is large enough for that reader to stay busy meanwhile.
 MAX_WAITING_ENTRIES = 8192
+# Folders waiting with their descriptor open (the readers open their files through it).
+MAX_WAITING_FOLDERS = 256
 # Hard-linked files read in this run, remembered so a second link shares the first read.
 MAX_LINKS_REMEMBERED = 100_000
 
@@ -123,7 +128,7 @@ class ArchiveOptions:
 class _Item:
     """One entry of a folder being walked."""
 
-    __slots__ = ("name", "st", "kind", "node", "content", "pending", "same", "subtree", "dropped", "fresh")
+    __slots__ = ("name", "st", "kind", "node", "content", "pending", "same", "subtree", "dropped", "fresh", "reads")
 
     def __init__(self, name: bytes, st: os.stat_result, kind: str) -> None:
         self.name = name
@@ -136,6 +141,7 @@ class _Item:
         self.subtree: bytes | None = None
         self.dropped = False
         self.fresh = False  # a file being read that the parent did not have
+        self.reads = False  # its reader opens it and captures its node (in the pending result)
 
 
 class _Folder:
@@ -205,10 +211,12 @@ class _Archiver:
             self.drain()
             ok = True
         finally:
-            for folder in self.stack:
-                os.close(folder.fd)
-            self.parents.close()
-            self.pipeline.close(abort=not ok)
+            try:
+                self.parents.close()
+                self.pipeline.close(abort=not ok)  # before the folders: readers open files in them
+            finally:
+                for folder in (*self.stack, *self.waiting):
+                    os.close(folder.fd)
         r = self.result
         r.bytes_read, r.bytes_added, r.blobs_new = self.pipeline.bytes_read, self.pipeline.bytes_added, self.pipeline.blobs_new
         return r
@@ -286,19 +294,11 @@ class _Archiver:
             if earlier is not None and _same_version(earlier[1], st):
                 item.pending = earlier[0]
                 return True
-        try:
-            fd = open_at(folder.fd, item.name, FILE_FLAGS, st)
-        except OSError as exc:
-            self.result.bytes_total -= st.st_size
-            self.skip(join(folder.path, item.name), reason(exc))
-            return False
-        # A file that is read makes its folder's tree new: capture now, through the open file
-        # (cheaper than through /proc when the folder is finished).
-        try:
-            item.node = capture(folder.fd, item.name, st, fd)
-        except OSError:
-            pass  # tried again when the folder is finished, and reported then
-        item.pending = self.pipeline.read(fd, st)
+        # The reader opens it and captures its metadata through the open file (cheaper than
+        # through /proc when the folder is finished, and off this thread); a failure comes
+        # back in the result and the file is skipped then.
+        item.reads = True
+        item.pending = self.pipeline.read_at(folder.fd, item.name, st)
         if st.st_nlink > 1:
             if len(self.links) >= MAX_LINKS_REMEMBERED:
                 self.links.clear()
@@ -364,17 +364,14 @@ class _Archiver:
             folder.item.same = False
         if above is not None:
             above.same = False
-        try:
-            for item in folder.items:
-                self.capture(folder, item)
-        finally:
-            os.close(folder.fd)
-        self.waiting.append(folder)
+        self.waiting.append(folder)  # closed when stored, or by run() on an error
+        for item in folder.items:
+            self.capture(folder, item)
         self.waiting_entries += len(folder.items)
         self.drain(MAX_WAITING_ENTRIES)
 
     def capture(self, folder: _Folder, item: _Item) -> None:
-        if item.node is not None or item.dropped:
+        if item.node is not None or item.dropped or item.reads:
             return
         try:
             item.node = capture(folder.fd, item.name, item.st)
@@ -389,11 +386,12 @@ class _Archiver:
         the readers while the waiting folders hold more than `keep` entries."""
         while self.waiting:
             folder = self.waiting[0]
-            if self.waiting_entries <= keep and any(i.pending is not None and not i.pending.done() for i in folder.items):
+            if self.waiting_entries <= keep and len(self.waiting) <= MAX_WAITING_FOLDERS and not _read(folder):
                 return
+            tree_id = self.store_tree(folder)  # its files are all read (opened) after this
             self.waiting.popleft()
+            os.close(folder.fd)
             self.waiting_entries -= len(folder.items)
-            tree_id = self.store_tree(folder)
             if folder.plan is None:
                 if folder.parent is None:
                     self.result.dirs_new += 1
@@ -409,7 +407,7 @@ class _Archiver:
     def node_of(self, folder: _Folder, item: _Item) -> Node | None:
         """The finished node of an item (its content read), or None when it is left out."""
         node = item.node
-        if node is None or item.dropped:
+        if item.dropped or (node is None and not item.reads):
             return None
         if item.pending is not None:
             result = self.pipeline.result(item.pending)
@@ -419,6 +417,9 @@ class _Archiver:
                 self.result.bytes_total -= item.st.st_size
                 self.skip(join(folder.path, item.name), result.error)
                 return None
+            if item.reads:
+                node = item.node = result.node
+                assert node is not None
             if item.fresh:
                 self.result.files_new += 1
             else:
@@ -475,6 +476,18 @@ class _Archiver:
             if folder.item.node is None:
                 return  # the open folder vanished: nothing above it can be saved
             partial = dataclasses.replace(folder.item.node, subtree=tree_id)
+
+
+def _read(folder: _Folder) -> bool:
+    """Whether every file of `folder` being read is read (asked once per batch, not per file)."""
+    batch = None
+    for item in folder.items:
+        pending = item.pending
+        if pending is not None and pending.batch is not batch:
+            if not pending.done():
+                return False
+            batch = pending.batch
+    return True
 
 
 def _same_version(a: os.stat_result, b: os.stat_result) -> bool:

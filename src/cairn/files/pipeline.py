@@ -4,6 +4,7 @@ Shape::
 
     walker (caller's thread)  --batches of small files-->  small-file readers (2)
                               --one big file at a time-->  big-file reader (1)
+    readers: open the file in its folder, capture its metadata (files.metadata.capture)
     small-file readers: read, check the file did not change, store its one chunk themselves
     big-file reader: read, cut into chunks and hand each one to              savers (see below)
     savers:  hash, dedup, compress, encrypt, verify, pack   (Repository.save_blob; a full pack
@@ -13,6 +14,12 @@ Every stage but the walk spends its time in code that releases the GIL (read, BL
 AES-GCM), so two cores stay busy. Small files go in batches of up to 64 files / 4 MiB, one
 task each: a thread-pool hand-off costs about as much Python time as reading a 4 KiB file, and
 most files are small (48,000 of the 48,600 files of /usr are under 256 KiB).
+
+The readers, not the walker, open each file (relative to its folder's descriptor, which the
+walker keeps open until the folder's reads are done) and capture its metadata through the open
+file: the walk is one thread, and on a tree of small files it was the bottleneck while the
+readers waited for it; the open and the extended-attribute calls release the GIL, so in the
+readers they run beside the walk.
 
 Memory is bounded whatever the file sizes: at most IN_FLIGHT_BATCHES batches (each at most
 BATCH_BYTES) and IN_FLIGHT_BIG big files are queued, and at most one chunk more than there are
@@ -44,7 +51,9 @@ from typing import Literal, cast
 from pyfastcdc import FastCDC
 
 from cairn.files.chunker import Chunker, RawReader, Replay
-from cairn.files.scanner import reason
+from cairn.files.metadata import capture
+from cairn.files.scanner import FILE_FLAGS, open_at, reason
+from cairn.files.tree import FILE, Node
 from cairn.repo.blob import BlobType
 from cairn.repo.config import ChunkerParams
 from cairn.repo.repository import Repository
@@ -93,6 +102,8 @@ class ReadResult:
     stored: list[Future[bytes]] = field(default_factory=list)
     """For a file cut into chunks: the savers' futures, in order, until `Pipeline.result`
     turns them into `content`."""
+    node: Node | None = None
+    """The file's metadata, captured by the reader (files opened by `read_at` only)."""
 
 
 class Pending:
@@ -109,11 +120,15 @@ class Pending:
         return future is not None and future.done()
 
 
+# A file to read: (its descriptor, or -1 to open `name` in the folder `dir_fd`; dir_fd; name; lstat).
+_File = tuple[int, int, bytes, os.stat_result]
+
+
 class _Batch:
     __slots__ = ("files", "size", "future", "results")
 
     def __init__(self) -> None:
-        self.files: list[tuple[int, os.stat_result]] = []
+        self.files: list[_File] = []
         self.size = 0
         self.future: Future[list[ReadResult]] | None = None
         self.results: list[ReadResult] | None = None  # the future's, once fetched
@@ -157,16 +172,27 @@ class Pipeline:
 
     def read(self, fd: int, st: os.stat_result) -> Pending:
         """Read the open file `fd` (closed by the pipeline); `st` is its lstat."""
-        if st.st_size <= self.small:
+        return self._add((fd, -1, b"", st))
+
+    def read_at(self, dir_fd: int, name: bytes, st: os.stat_result) -> Pending:
+        """Open the file `name` of the folder `dir_fd`, capture its metadata into the result's
+        `node`, and read it; `st` is its lstat. The caller keeps `dir_fd` open until `result`
+        has returned (the open happens in a reader, later)."""
+        return self._add((-1, dir_fd, name, st))
+
+    def _add(self, file: _File) -> Pending:
+        size = file[3].st_size
+        if size <= self.small:
             batch = self._batch
-            batch.files.append((fd, st))
-            batch.size += st.st_size
-            pending = Pending(batch, len(batch.files) - 1)
-            if len(batch.files) >= BATCH_FILES or batch.size >= BATCH_BYTES:
+            files = batch.files
+            files.append(file)
+            batch.size += size
+            pending = Pending(batch, len(files) - 1)
+            if len(files) >= BATCH_FILES or batch.size >= BATCH_BYTES:
                 self.submit()
             return pending
         single = _Batch()
-        single.files.append((fd, st))
+        single.files.append(file)
         self._submit(single, self._big, self._bigs)
         return Pending(single, 0)
 
@@ -217,8 +243,9 @@ class Pipeline:
     def close(self, abort: bool = False) -> None:
         if abort:
             self.aborted = True
-            for fd, _ in self._batch.files:
-                os.close(fd)
+            for fd, *_ in self._batch.files:
+                if fd >= 0:
+                    os.close(fd)
             self._batch = _Batch()
         self._readers.shutdown(wait=True, cancel_futures=abort)
         self._big.shutdown(wait=True, cancel_futures=abort)
@@ -227,19 +254,32 @@ class Pipeline:
     # -- reader threads -------------------------------------------------------------------
 
     def _run(self, batch: _Batch, slots: threading.BoundedSemaphore) -> list[ReadResult]:
+        files = batch.files
         try:
             results = []
-            for i, (fd, st) in enumerate(batch.files):
+            for i, (fd, dir_fd, name, st) in enumerate(files):
+                if self.aborted:
+                    raise Aborted()
+                files[i] = (-1, -1, name, st)  # from here on this loop closes fd
                 try:
-                    if self.aborted:
-                        raise Aborted()
-                    results.append(self._read_file(fd, st))
+                    node = None
+                    if fd < 0:
+                        try:
+                            fd = open_at(dir_fd, name, FILE_FLAGS, st)
+                            # Through the open file: the attributes of the very inode read.
+                            node = capture(dir_fd, name, st, fd, FILE)
+                        except OSError as exc:
+                            results.append(ReadResult(error=reason(exc)))
+                            continue
+                    result = self._read_file(fd, st)
+                    result.node = node
+                    results.append(result)
                 finally:
-                    os.close(fd)
-                    batch.files[i] = (-1, st)
+                    if fd >= 0:
+                        os.close(fd)
             return results
         finally:
-            for fd, _ in batch.files:
+            for fd, *_ in files:
                 if fd >= 0:
                     os.close(fd)
             slots.release()

@@ -303,3 +303,25 @@ def test_chunks_are_content_defined_seeded_and_within_bounds() -> None:
     assert [len(c) for c in other] != [len(c) for c in chunks]
     assert list(Chunker(params).chunks(io.BytesIO(b"small"))) == [b"small"]
     assert list(Chunker(params).chunks(io.BytesIO(b""))) == []
+
+
+def test_more_folders_waiting_than_may_stay_open_are_all_backed_up(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folders stay open until their files are read (the readers open the files in them); past
+    the bound the walk waits for the oldest. Every file still comes back, and none is left open."""
+    from cairn.files import archiver
+
+    monkeypatch.setattr(archiver, "MAX_WAITING_FOLDERS", 2)
+    src = tmp_path / "many"
+    for d in range(40):
+        (src / f"d{d:02d}" / "sub").mkdir(parents=True)
+        write(src / f"d{d:02d}" / "a.txt", f"folder {d}\n".encode(), 0o640, T0 + d)
+        write(src / f"d{d:02d}" / "sub" / "b.bin", random.Random(d).randbytes(300_000), 0o600, T0 + d)
+    open_before = len(os.listdir("/proc/self/fd"))
+    result = backup(repo, BackupOptions([str(src)], host="h"))
+    assert (result.skipped, result.files) == ([], 80)
+    assert len(os.listdir("/proc/self/fd")) <= open_before
+    target = tmp_path / "out"
+    restore(repo, RestoreOptions("latest", str(target)))
+    assert differences(src, restored(target, src)) == []

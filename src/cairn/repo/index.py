@@ -6,10 +6,11 @@ bytes of the id as a uint64 search key, the other 24 bytes, and four uint32 fiel
 byte. New entries collect in a small dict and are frozen into a segment when it fills; segments
 of similar size are merged (log-structured), so a lookup searches a handful of sorted arrays.
 A Bloom filter over the search keys (2 bits set per blob in 8-24 bits per blob, so 1-3 bytes
-per blob, rebuilt bigger when the index outgrows it) answers most lookups of an
-absent id without touching the segments: a first backup looks up every new blob three times
-(before sealing, again under the repository's lock, and when indexing the uploaded pack), and
-each miss otherwise costs one NumPy search per segment (~4.5 us at 500,000 blobs).
+per blob; built once misses add up to a 32nd of the entries, rebuilt bigger when the index
+outgrows it) answers most lookups of an absent id without touching the segments: a first
+backup looks up every new blob three times (before sealing, again under the repository's lock,
+and when indexing the uploaded pack), and each miss otherwise costs one NumPy search per
+segment (~4.5 us at 500,000 blobs).
 A bulk load (`add_records` per pack, then `compact`, as `Repository.load_index` does) keeps the
 caller's packed records and builds them into one segment in place at the first lookup: loading
 10 million blobs peaks at about 81 bytes per blob above the records, not 165 (bench/scale.py).
@@ -192,6 +193,7 @@ class BlobIndex:
         self._bloom: bytearray | None = None
         self._bloom_mask = 0
         self._bloom_room = 0  # entries it may still take before it is rebuilt
+        self._misses = 0  # lookups of absent ids without a filter: it is built when they add up
 
     def __len__(self) -> int:
         return len(self._pending) + self._record_count + sum(len(s) for s in self._segments)
@@ -222,7 +224,8 @@ class BlobIndex:
         bloom = self._bloom
         if bloom is not None:
             if self._bloom_room <= 0:
-                self._bloom = None
+                self._bloom = None  # rebuilt bigger at the next lookup: the write path is busy
+                self._misses = len(self)
             else:
                 self._bloom_room -= 1
                 key, mask = int.from_bytes(entry.blob_id[:8], "big"), self._bloom_mask
@@ -294,6 +297,7 @@ class BlobIndex:
         self._bloom = bytearray(table.tobytes())
         self._bloom_mask = mask
         self._bloom_room = max(0, bits // 8 - count)
+        self._misses = 0
         return self._bloom
 
     def __contains__(self, blob_id: bytes) -> bool:
@@ -309,12 +313,16 @@ class BlobIndex:
             return IndexEntry(blob_id, blob_type, self.pack_ids[pack], offset, length, raw)
         key, rest = int.from_bytes(blob_id[:8], "big"), blob_id[8:]
         bloom = self._bloom
-        if bloom is None:
+        # Building costs ~80 ns per entry and saves ~2.5 us per miss: only once misses add up
+        # to a 32nd of the entries (at once for a new repository; an incremental backup of a
+        # huge one may never pay for it).
+        if bloom is None and self._misses >= len(self) >> 5:
             bloom = self._build_bloom()
-        mask = self._bloom_mask
-        low, high = key & mask, (key >> 32) & mask
-        if not (bloom[low >> 3] >> (low & 7)) & 1 or not (bloom[high >> 3] >> (high & 7)) & 1:
-            return None
+        if bloom is not None:
+            mask = self._bloom_mask
+            low, high = key & mask, (key >> 32) & mask
+            if not (bloom[low >> 3] >> (low & 7)) & 1 or not (bloom[high >> 3] >> (high & 7)) & 1:
+                return None
         for seg in reversed(self._segments):
             i = seg.find(key, rest)
             if i >= 0:
@@ -322,6 +330,8 @@ class BlobIndex:
                     blob_id, int(seg.type[i]), self.pack_ids[int(seg.pack[i])],
                     int(seg.offset[i]), int(seg.length[i]), int(seg.raw[i]),
                 )
+        if bloom is None:
+            self._misses += 1
         return None
 
     def __iter__(self) -> Iterator[IndexEntry]:

@@ -18,8 +18,8 @@ most files are small (48,000 of the 48,600 files of /usr are under 256 KiB).
 Two batches of tiny files (under LIGHT_BATCH_BYTES together) are never read at the same time:
 their work is nearly all Python, which the GIL runs one thread at a time anyway, and two
 readers handing the GIL back and forth (with the walker) at every system call cost more than
-they gained. Measured on 100,000 files of a few bytes with a core free: 0.64x the wall and
-0.62x the CPU of two readers, the difference all GIL hand-offs (system time 2.4 -> 1.0 s). A
+they gained. Measured on 100,000 files of a few bytes with a core free: 0.69x the wall and
+0.68x the CPU of two readers at once, mostly GIL hand-offs (system time 1.9 -> 0.9 s). A
 batch with more bytes runs beside another, since reading, hashing, compressing and encrypting
 release the GIL.
 

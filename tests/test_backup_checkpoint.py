@@ -356,7 +356,7 @@ def test_the_checkpoint_pointer_is_made_durable_before_and_after_its_rename(
     monkeypatch.setattr(os, "fsync", fsync)
     store.save(Checkpoint(b"\2" * 32, "cairn test", 5))
     assert len(synced) == 2
-    assert synced[0].startswith(str(store.path.parent / f".{store.path.name}."))  # the temporary file
+    assert synced[0].startswith(str(store.path.parent / ".tmp-"))  # the temporary file, before its rename
     assert synced[1] == str(store.path.parent)
     assert store.load() == Checkpoint(b"\2" * 32, "cairn test", 5)
     assert [p.name for p in store.path.parent.iterdir()] == [store.path.name]

@@ -42,8 +42,11 @@ def test_every_size_path_stores_what_the_chunker_cuts(repo: Repository, tmp_path
     repo.load_index()
     pipeline = Pipeline(repo, dry_run=False)
     try:
-        pending = pipeline.read(os.open(path, os.O_RDONLY), os.stat(path))
-        result = pipeline.result(pending)
+        folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            result = pipeline.result(pipeline.read_at(folder, b"f", os.lstat(path)))
+        finally:
+            os.close(folder)
     finally:
         pipeline.close()
     expected = [repo.blob_id(c) for c in Chunker(repo.config.chunker).chunks(io.BytesIO(data))]

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -153,6 +154,16 @@ class Output:
         return ProgressReporter(description, enabled)
 
 
+@dataclass
+class _Phase:
+    """The phase under way of a `BytesProgress`."""
+
+    name: str
+    started: float
+    done: int = 0
+    total: int = 0
+
+
 class BytesProgress:
     """Live progress of an operation that moves bytes in phases (`cairn image`: imaging, then
     verifying; `image-restore`: restoring, then verifying): bytes done of the phase's total, the
@@ -165,8 +176,7 @@ class BytesProgress:
         self._clock = clock
         self._lock = threading.Lock()
         self._started = clock()
-        self._phase: list[Any] | None = None
-        """[name, started, bytes done, total bytes] of the phase under way."""
+        self._phase: _Phase | None = None
         self._ended: list[dict[str, Any]] = []
         """Last status of each phase that ended and was not yet printed as JSON."""
 
@@ -177,18 +187,17 @@ class BytesProgress:
             return
         now = self._clock()
         with self._lock:
-            if self._phase is None or self._phase[0] != phase:
+            if self._phase is None or self._phase.name != phase:
                 if self._phase is not None:
                     self._ended.append(self._status(now)[0])
-                self._phase = [phase, now, done, total]
-            else:
-                self._phase[2:] = [done, total]
+                self._phase = _Phase(phase, now)
+            self._phase.done, self._phase.total = done, total
 
     def _status(self, now: float) -> tuple[dict[str, Any], float | None]:
         """The JSON status message, and the seconds left unrounded (None: unknown)."""
         assert self._phase is not None
-        phase, started, done, total = self._phase
-        rate = done / max(now - started, 1e-6)
+        phase, done, total = self._phase.name, self._phase.done, self._phase.total
+        rate = done / max(now - self._phase.started, 1e-6)
         remaining = max(total - done, 0) / rate if total > 0 and rate > 0 else None
         data: dict[str, Any] = {"message_type": "status", "phase": phase, "seconds_elapsed": int(now - self._started)}
         if total > 0:

@@ -27,12 +27,11 @@ it is not fsynced (a lost journal only costs the upload it would have saved); th
 from __future__ import annotations
 
 import json
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from cairn.storage import cache as object_cache
+from cairn.storage.local import replace_file
 
 FORMAT = 1
 
@@ -121,26 +120,10 @@ class PackJournal:
 
 
 def _write_file(path: Path, data: bytes, durable: bool) -> None:
-    """Replace `path` by `data` atomically (a temporary file renamed over it); when `durable`,
-    fsync the file before the rename and the folder after it, as the local backend does, so a
-    power loss leaves the old or the new content, never an empty or missing file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    """Replace `path` by `data` atomically (and durably: `replace_file`); errors are ignored, as
+    nothing depends on these files but speed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        if durable:
-            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+        replace_file(path, data, durable=durable)
     except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        pass

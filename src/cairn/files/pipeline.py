@@ -130,8 +130,8 @@ class Pending:
         return future is not None and future.done()
 
 
-# A file to read: (its descriptor, or -1 to open `name` in the folder `dir_fd`; dir_fd; name; lstat).
-_File = tuple[int, int, bytes, os.stat_result]
+# A file to read: (the folder's descriptor, its name there, its lstat).
+_File = tuple[int, bytes, os.stat_result]
 
 
 class _Batch:
@@ -181,18 +181,12 @@ class Pipeline:
 
     # -- the walker's side -----------------------------------------------------------------
 
-    def read(self, fd: int, st: os.stat_result) -> Pending:
-        """Read the open file `fd` (closed by the pipeline); `st` is its lstat."""
-        return self._add((fd, -1, b"", st))
-
     def read_at(self, dir_fd: int, name: bytes, st: os.stat_result) -> Pending:
         """Open the file `name` of the folder `dir_fd`, capture its metadata into the result's
         `node`, and read it; `st` is its lstat. The caller keeps `dir_fd` open until `result`
         has returned (the open happens in a reader, later)."""
-        return self._add((-1, dir_fd, name, st))
-
-    def _add(self, file: _File) -> Pending:
-        size = file[3].st_size
+        file = (dir_fd, name, st)
+        size = st.st_size
         if size <= self.small:
             batch = self._batch
             files = batch.files
@@ -254,9 +248,6 @@ class Pipeline:
     def close(self, abort: bool = False) -> None:
         if abort:
             self.aborted = True
-            for fd, *_ in self._batch.files:
-                if fd >= 0:
-                    os.close(fd)
             self._batch = _Batch()
         self._readers.shutdown(wait=True, cancel_futures=abort)
         self._big.shutdown(wait=True, cancel_futures=abort)
@@ -271,34 +262,28 @@ class Pipeline:
         return self._run_batch(batch, slots)
 
     def _run_batch(self, batch: _Batch, slots: threading.BoundedSemaphore) -> list[ReadResult]:
-        files = batch.files
         try:
             results = []
-            for i, (fd, dir_fd, name, st) in enumerate(files):
+            for dir_fd, name, st in batch.files:
                 if self.aborted:
                     raise Aborted()
-                files[i] = (-1, -1, name, st)  # from here on this loop closes fd
+                fd = -1
                 try:
-                    node = None
-                    if fd < 0:
-                        try:
-                            fd = open_at(dir_fd, name, FILE_FLAGS, st)
-                            # Through the open file: the attributes of the very inode read.
-                            node = capture(dir_fd, name, st, fd, FILE)
-                        except OSError as exc:
-                            results.append(ReadResult(error=reason(exc)))
-                            continue
+                    try:
+                        fd = open_at(dir_fd, name, FILE_FLAGS, st)
+                        # Through the open file: the attributes of the very inode read.
+                        node = capture(dir_fd, name, st, fd, FILE)
+                    except OSError as exc:
+                        results.append(ReadResult(error=reason(exc)))
+                        continue
                     result = self._read_file(fd, st)
-                    result.node = node
-                    results.append(result)
                 finally:
                     if fd >= 0:
                         os.close(fd)
+                result.node = node
+                results.append(result)
             return results
         finally:
-            for fd, *_ in files:
-                if fd >= 0:
-                    os.close(fd)
             slots.release()
 
     def _read_file(self, fd: int, st: os.stat_result) -> ReadResult:

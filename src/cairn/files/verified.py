@@ -26,13 +26,13 @@ the record declares them all at once instead.
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
 from cairn.errors import CairnError
 from cairn.repo import index as index_mod
 from cairn.repo.repository import Repository
+from cairn.storage.local import replace_file
 
 ID_SIZE = 32
 # Reading more new index objects than this to look for `supersedes` costs more than it saves.
@@ -65,9 +65,7 @@ class VerifiedSnapshots:
             indexes = sorted(index_ids(self.repo))
             data = struct.pack(">I", len(indexes)) + b"".join(indexes) + b"".join(sorted(packs))
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f".{snapshot_id.hex()}.{os.getpid()}.tmp"
-            tmp.write_bytes(data)
-            os.replace(tmp, self._path(snapshot_id))
+            replace_file(self._path(snapshot_id), data)
             if previous is not None and previous != snapshot_id:
                 self._path(previous).unlink(missing_ok=True)
         except (OSError, CairnError):

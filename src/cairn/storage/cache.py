@@ -56,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
 import weakref
@@ -67,12 +66,12 @@ from pathlib import Path
 import platformdirs
 
 from cairn.storage.base import Backend, BackendProperties, ObjectInfo, check_name, check_range
+from cairn.storage.local import TEMP_PREFIX, replace_file
 
 log = logging.getLogger(__name__)
 
 ENV_CACHE_DIR = "CAIRN_CACHE_DIR"
 CHECKSUM_SIZE = 32
-TEMP_PREFIX = ".tmp-"
 # A temporary file this old was left by a process that died while writing it.
 STALE_TEMP_SECONDS = 3600
 # File times come from a coarse kernel clock that may lag the wall clock by a tick: an entry
@@ -142,21 +141,11 @@ class ObjectCache:
     def write(self, name: str, data: bytes) -> None:
         """Keep a copy: written beside its place and renamed over it, so readers never see a part."""
         path = self._path(name)
-        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.write(_checksum(data))
-            os.replace(tmp, path)
+            replace_file(path, data + _checksum(data))
         except OSError as exc:
             self._failed(f"write {name}", exc)
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
 
     def remove(self, name: str) -> None:
         try:
@@ -235,10 +224,7 @@ class CacheBackend:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             tag = self.root / "CACHEDIR.TAG"
             if not tag.exists():  # backup tools skip the folder (cairn's --exclude-caches too)
-                fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.root)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(CACHEDIR_TAG)
-                os.replace(tmp, tag)
+                replace_file(tag, CACHEDIR_TAG)
         except OSError as exc:
             log.warning("the local cache %s cannot be created (%s); going on without it",
                         folder, exc.strerror or exc)

@@ -238,6 +238,29 @@ class LocalBackend:
         """Nothing to release: no handle is held between calls."""
 
 
+def replace_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = False) -> None:
+    """Replace the file `path` by `data` atomically, for cairn's own small local files (cache
+    entries, checkpoints): written to a ``.tmp-`` file beside it and renamed over it, so a
+    reader sees the old or the new content, never a part. `durable`: the file is fsynced before
+    the rename and its folder after, so a power loss cannot leave it empty or missing either.
+    Raises OSError (the temporary file removed); the folder must exist.
+    """
+    path = os.fspath(path)
+    temp = os.path.join(os.path.dirname(path), TEMP_PREFIX + os.urandom(8).hex())
+    try:
+        with open(temp, "xb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+    if durable:
+        _fsync_folder(os.path.dirname(path))
+
+
 def _fsync_folder(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

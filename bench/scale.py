@@ -68,9 +68,9 @@ def reset_peak() -> None:
 def _records(rng: np.random.Generator, n: int) -> tuple[np.ndarray, bytes]:
     import numpy as np
 
-    from cairn.repo.index import RECORD_DTYPE
+    from cairn.repo.index import record_dtype
 
-    rows = np.zeros(n, dtype=RECORD_DTYPE)
+    rows = np.zeros(n, dtype=record_dtype())
     rows["id"] = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
     rows["type"] = 1
     rows["offset"] = np.arange(n, dtype=np.uint32) * 512

@@ -30,7 +30,7 @@ def build() -> Repository:
     backend = MemoryBackend()
     repo = Repository.init(backend, b"pw", FAST_KDF)
     ids = np.frombuffer(os.urandom(32 * BLOBS), dtype=np.uint8).reshape(-1, 32)
-    records = np.zeros(BLOBS, dtype=index_mod.RECORD_DTYPE)
+    records = np.zeros(BLOBS, dtype=index_mod.record_dtype())
     records["id"] = ids
     records["length"] = 1000
     records["raw"] = 990

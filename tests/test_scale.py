@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from cairn.repo.index import RECORD_DTYPE, BlobIndex
+from cairn.repo.index import BlobIndex, record_dtype
 
 BLOBS = 1_000_000
 PER_PACK = 2000
@@ -28,14 +28,14 @@ def ids() -> np.ndarray:
 
 
 def records_of(ids: np.ndarray) -> list[tuple[bytes, bytes]]:
-    rows = np.zeros(len(ids), dtype=RECORD_DTYPE)
+    rows = np.zeros(len(ids), dtype=record_dtype())
     rows["id"] = ids
     rows["type"] = np.arange(len(ids)) % 2
     rows["offset"] = np.arange(len(ids)) % PER_PACK * 100
     rows["length"] = 100
     rows["raw"] = np.arange(len(ids), dtype=np.uint32)
     data = rows.tobytes()
-    size = RECORD_DTYPE.itemsize * PER_PACK
+    size = record_dtype().itemsize * PER_PACK
     return [(p.to_bytes(32, "big"), data[p * size:(p + 1) * size]) for p in range(len(ids) // PER_PACK)]
 
 

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cairn.errors import DamagedObject
 from cairn.repo import encoding
@@ -53,12 +53,6 @@ def record_dtype() -> np.dtype:
     dtype = np.dtype([("type", "u1"), ("id", "u1", (32,)), ("offset", ">u4"), ("length", ">u4"), ("raw", ">u4")])
     assert dtype.itemsize == RECORD.size
     return dtype
-
-
-def __getattr__(name: str) -> Any:
-    if name == "RECORD_DTYPE":  # the old constant, for callers that already hold NumPy
-        return record_dtype()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

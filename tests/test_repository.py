@@ -578,5 +578,15 @@ def test_a_blob_with_bytes_after_its_zstd_frame_is_damaged(extra: bytes) -> None
     data = b"compressible " * 100
     blob_id = repo.blob_id(data)
     sealed = repo.sealer.seal(bytes([ZSTD]) + zstd.compress(data) + extra, blob_aad(BlobType.DATA, blob_id))
-    with pytest.raises(DamagedObject, match=f"blob {blob_id.hex()[:12]} does not decompress: bytes after the frame"):
+    with pytest.raises(DamagedObject, match=f"blob {blob_id.hex()[:12]} does not decompress: .*unused data"):
+        open_blob(repo.sealer, repo.hasher, BlobType.DATA, blob_id, sealed)
+
+
+def test_a_blob_whose_frame_declares_a_huge_size_is_refused_before_allocating() -> None:
+    # A frame header may declare any content size; the decompressor would size its buffer from it.
+    repo = init()
+    blob_id = repo.blob_id(b"anything")
+    header = bytes.fromhex("28b52ffd") + bytes([0xE0]) + (1 << 40).to_bytes(8, "little")  # single segment, 8-byte size
+    sealed = repo.sealer.seal(bytes([ZSTD]) + header + bytes(64), blob_aad(BlobType.DATA, blob_id))
+    with pytest.raises(DamagedObject, match=f"blob {blob_id.hex()[:12]} does not decompress: its frame declares 1099511627776 bytes"):
         open_blob(repo.sealer, repo.hasher, BlobType.DATA, blob_id, sealed)

@@ -2,7 +2,7 @@
 
 The pipeline per region: the filesystem plugin streams used ranges, `chunk_plans` turns them
 into one read plan per chunk, and a thread pool reads, hashes, compresses and encrypts chunks
-(`Repository.save_blob` is thread-safe; reads, BLAKE3, zstd and AES-GCM release the GIL). At
+(`Repository.save_blob` is thread-safe; reads and zstd release the GIL, AES-GCM does not). At
 most `window` chunks are in flight, so memory stays at a few chunk buffers whatever the disk
 size. Results are consumed in order, which is what the run-length pages need.
 """

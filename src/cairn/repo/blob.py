@@ -10,6 +10,8 @@ import sys
 import threading
 from enum import IntEnum
 
+import zstandard
+
 if sys.version_info >= (3, 14):
     from compression import zstd
 else:
@@ -53,13 +55,34 @@ def _compressor(level: int) -> zstd.ZstdCompressor:
     return compressor
 
 
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """One reusable decompression context per thread. python-zstandard, not `zstd` above: its
+    one-shot decompress reuses the context (a new `zstd.ZstdDecompressor` costs ~10 us, most of
+    a small blob's time), sizes its output from the frame header instead of growing it (1 MiB:
+    1.5 ms against 2.7 ms), and lets go of the GIL while it works, so a restore's writers and a
+    backup's verifications use both cores."""
+    decompressor = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
+
+
+def _decompress(frame: memoryview) -> bytes:
+    """Exactly one zstd frame (FORMAT.md §6) of at most MAX_BLOB_SIZE bytes, or ZstdError."""
+    declared = zstandard.frame_content_size(frame)
+    if declared > MAX_BLOB_SIZE:  # the header's size is trusted for the output buffer: bound it first
+        raise zstandard.ZstdError(f"its frame declares {declared} bytes")
+    return _decompressor().decompress(frame, max_output_size=MAX_BLOB_SIZE, allow_extra_data=False)
+
+
 def seal_blob(
-    sealer: Sealer, hasher: BlobHasher, blob_type: int, blob_id: bytes, data: bytes | memoryview, level: int
+    sealer: Sealer, blob_type: int, blob_id: bytes, data: bytes | memoryview, level: int
 ) -> bytes:
     """Compress when it pays, seal, then open the result again and compare (verify before upload).
 
     The check costs one decryption and decompression per blob; it turns a bug in a compression
-    or crypto library into an error now rather than a silently unrestorable backup later.
+    or crypto library into an error now rather than a silently unrestorable backup later. It
+    compares bytes rather than hashing them again: the same proof at a sixth of the cost.
     """
     compressed = _compressor(level).compress(data, mode=zstd.ZstdCompressor.FLUSH_FRAME) if len(data) >= 64 else b""
     if compressed and len(compressed) <= len(data) - (len(data) >> MIN_SAVING_SHIFT):
@@ -69,9 +92,11 @@ def seal_blob(
     sealed = sealer.seal(plaintext, blob_aad(blob_type, blob_id))
     short = blob_id.hex()[:12]
     try:
-        check = _open(sealer, hasher, blob_type, blob_id, sealed)  # also checks the content's id
-        if len(check) != len(data):
-            raise DamagedObject(f"blob {short} has {len(check)} bytes, not {len(data)}")
+        check, start = _unseal(sealer, blob_type, blob_id, sealed)
+        if len(check) - start != len(data):
+            raise DamagedObject(f"blob {short} has {len(check) - start} bytes, not {len(data)}")
+        if not check.startswith(data, start):  # a memcmp; comparing memoryviews goes byte by byte
+            raise DamagedObject(f"blob {short} differs from the bytes it was made from")
     except DamagedObject as exc:
         # Not damage in the repository: nothing holding this blob was written. Say so, so the
         # user does not go looking for a bad disk.
@@ -86,35 +111,27 @@ def open_blob(
     sealer: Sealer, hasher: BlobHasher, blob_type: int, blob_id: bytes, sealed: bytes | memoryview
 ) -> bytes:
     """Authenticate, decompress and check the id: any damage raises DamagedObject."""
-    data = _open(sealer, hasher, blob_type, blob_id, sealed)
-    return data if isinstance(data, bytes) else bytes(data)
+    content, start = _unseal(sealer, blob_type, blob_id, sealed)
+    data = memoryview(content)[start:] if start else content
+    if hasher(data) != blob_id:
+        raise DamagedObject(f"blob {blob_id.hex()[:12]} does not match its id")
+    return content[start:] if start else content
 
 
-def _open(
-    sealer: Sealer, hasher: BlobHasher, blob_type: int, blob_id: bytes, sealed: bytes | memoryview
-) -> bytes | memoryview:
-    """open_blob, but an uncompressed blob comes back as a view of the plaintext (no copy: the
-    verify before upload only needs its length, after the id check)."""
+def _unseal(sealer: Sealer, blob_type: int, blob_id: bytes, sealed: bytes | memoryview) -> tuple[bytes, int]:
+    """Authenticate and decompress, without the id check: the content is `bytes[start:]`
+    (a stored blob is returned as its plaintext and 1, so that nothing is copied before the
+    caller knows it needs a copy)."""
     what = f"blob {blob_id.hex()[:12]}"
     plaintext = sealer.open(sealed, blob_aad(blob_type, blob_id), what)
     if not plaintext:
         raise DamagedObject(f"{what} is damaged: empty plaintext")
     flag = plaintext[0]
-    data: bytes | memoryview
     if flag == RAW:
-        data = memoryview(plaintext)[1:]
-    elif flag == ZSTD:
+        return plaintext, 1
+    if flag == ZSTD:
         try:
-            decompressor = zstd.ZstdDecompressor()
-            data = decompressor.decompress(memoryview(plaintext)[1:], max_length=MAX_BLOB_SIZE)
-            if not decompressor.eof:
-                raise zstd.ZstdError("truncated or oversized frame")
-            if decompressor.unused_data:
-                raise zstd.ZstdError("bytes after the frame")  # exactly one frame (FORMAT.md §6)
-        except zstd.ZstdError as exc:
+            return _decompress(memoryview(plaintext)[1:]), 0
+        except zstandard.ZstdError as exc:
             raise DamagedObject(f"{what} does not decompress: {exc}") from None
-    else:
-        raise DamagedObject(f"{what} has an unknown compression flag {flag}")
-    if hasher(data) != blob_id:
-        raise DamagedObject(f"{what} does not match its id")
-    return data
+    raise DamagedObject(f"{what} has an unknown compression flag {flag}")

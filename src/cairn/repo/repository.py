@@ -247,7 +247,7 @@ class Repository:
         blob_id = blob_id or self.hasher(data)
         if self.has_blob(blob_id):
             return blob_id, False
-        sealed = seal_blob(self.sealer, self.hasher, blob_type, blob_id, data, self.config.compression_level)
+        sealed = seal_blob(self.sealer, blob_type, blob_id, data, self.config.compression_level)
         full = None
         with self._mutex:
             if blob_id in self._in_flight or blob_id in self.index:

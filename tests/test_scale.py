@@ -106,3 +106,31 @@ def test_blobs_added_one_by_one_are_found_while_the_filter_grows(ids: np.ndarray
         index.add(b"p" * 32, PackEntry(0, blob_id, n, 1, 1))
     assert all(index.lookup(ids[n].tobytes()) is not None for n in range(0, count, 7))
     assert not any(index.lookup(ids[n].tobytes()) is not None for n in range(count, count + 20_000))
+
+
+def test_lookup_many_answers_as_lookup_does(loaded: tuple[BlobIndex, int], ids: np.ndarray) -> None:
+    """The restore's batched lookup: every id that lookup() finds, at the same place, including
+    ids that share their search key with another; None for absent ids and malformed ones."""
+    index, _ = loaded
+    present = [ids[n].tobytes() for n in (*range(0, 3000), *range(BLOBS - 2000, BLOBS))]  # both of many key-sharing pairs
+    near = ids[:500].copy()
+    near[:, 31] ^= 0x5A
+    wanted = [*present, *(row.tobytes() for row in near), b"short", present[7]]
+    assert index.lookup_many(wanted) == [index.lookup(b) if len(b) == 32 else None for b in wanted]
+    assert all(entry is not None for entry in index.lookup_many(present))
+    assert index.lookup_many([]) == []
+
+
+def test_lookup_many_sees_blobs_added_since_the_load(ids: np.ndarray) -> None:
+    """Pending entries (a dict) and several segments: the newest copy of nothing is missed."""
+    from cairn.repo.pack import PackEntry
+
+    index = BlobIndex()
+    index.add_records(*records_of(ids[:PER_PACK])[0])
+    index.compact()
+    for n in range(PER_PACK, PER_PACK + 40_000):  # past PENDING_LIMIT: a second segment and a pending dict
+        index.add(b"q" * 32, PackEntry(1, ids[n].tobytes(), n, 7, n))
+    wanted = [ids[n].tobytes() for n in range(0, PER_PACK + 40_000, 13)]
+    entries = index.lookup_many(wanted)
+    assert entries == [index.lookup(b) for b in wanted]
+    assert all(e is not None and e.blob_id == b for e, b in zip(entries, wanted))

@@ -80,14 +80,11 @@ class PackReads:
         by pack and sorted by offset before being cut into runs: the backup's pipeline does not
         store consecutive files' blobs strictly in walk order, so runs in the order of the plan
         would re-read the same stretch of a pack."""
-        entries = []
         with self._lock:
             wanted = [b for b in dict.fromkeys(blob_ids) if b not in self._where]
-        for blob_id in wanted:  # a duplicate: the first copy's run serves it; a later one reads alone
-            try:
-                entries.append(self.repo.lookup(blob_id))  # outside our lock: it takes the repository's
-            except CairnError:
-                continue  # not in the index: its load fails alone, in the file's own job
+        # Outside our lock: it takes the repository's. A blob not in the index is left out: its
+        # load fails alone, in the file's own job. A duplicate: the first copy's run serves it.
+        entries = [e for e in self.repo.lookup_many(wanted) if e is not None]
         entries.sort(key=lambda e: (e.pack_id, e.offset))
         with self._lock:
             run: _Run | None = None

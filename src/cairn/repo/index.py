@@ -294,6 +294,45 @@ class BlobIndex:
         self._misses = 0
         return self._bloom
 
+    def lookup_many(self, blob_ids: list[bytes]) -> list[IndexEntry | None]:
+        """lookup() of each id, with one vectorised search per segment for all of them: a
+        restore plans a folder's blobs at once, and one NumPy call per id cost more than the
+        search itself (~3 us each)."""
+        import numpy as np
+
+        if self._records:
+            self._build_records()
+            self._bloom = None
+        found: list[IndexEntry | None] = [None] * len(blob_ids)
+        todo = []
+        for i, blob_id in enumerate(blob_ids):
+            pending = self._pending.get(blob_id)
+            if pending is not None:
+                pack, offset, length, raw, blob_type = pending
+                found[i] = IndexEntry(blob_id, blob_type, self.pack_ids[pack], offset, length, raw)
+            elif len(blob_id) == 32:
+                todo.append(i)
+        for seg in reversed(self._segments):
+            if not todo or not len(seg):
+                break
+            ids = np.frombuffer(b"".join([blob_ids[i] for i in todo]), dtype=np.uint8).reshape(-1, 32)
+            keys, rests = _split_ids(ids)
+            at = np.minimum(np.searchsorted(seg.key, keys), len(seg) - 1)
+            same_key = seg.key[at] == keys
+            hit = same_key & (seg.rest[at] == rests).all(axis=1)
+            rows = at[hit]
+            for i, blob_type, pack, offset, length, raw in zip(
+                [todo[j] for j in np.flatnonzero(hit).tolist()], seg.type[rows].tolist(), seg.pack[rows].tolist(),
+                seg.offset[rows].tolist(), seg.length[rows].tolist(), seg.raw[rows].tolist(),
+            ):
+                found[i] = IndexEntry(blob_ids[i], blob_type, self.pack_ids[pack], offset, length, raw)
+            # Another id may share the first 8 bytes (the key) and sit after the first match.
+            for j in np.flatnonzero(same_key & ~hit).tolist():
+                entry = self.lookup(blob_ids[todo[j]])
+                found[todo[j]] = entry
+            todo = [todo[j] for j in np.flatnonzero(~same_key).tolist()]
+        return found
+
     def __contains__(self, blob_id: bytes) -> bool:
         return self.lookup(blob_id) is not None
 
@@ -308,9 +347,9 @@ class BlobIndex:
         key, rest = int.from_bytes(blob_id[:8], "big"), blob_id[8:]
         bloom = self._bloom
         # Building costs ~80 ns per entry and saves ~2.5 us per miss: only once misses add up
-        # to a 32nd of the entries (at once for a new repository; an incremental backup of a
-        # huge one may never pay for it).
-        if bloom is None and self._misses >= len(self) >> 5:
+        # to a 32nd of the entries (at the second miss for a new repository; an incremental
+        # backup of a huge one may never pay for it). len() is a sum: asked only after a miss.
+        if bloom is None and self._misses and self._misses >= len(self) >> 5:
             bloom = self._build_bloom()
         if bloom is not None:
             mask = self._bloom_mask

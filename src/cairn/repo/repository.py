@@ -330,6 +330,13 @@ class Repository:
             raise NotFound(f"blob {blob_id.hex()[:12]} is not in the index")
         return entry
 
+    def lookup_many(self, blob_ids: list[bytes]) -> list[IndexEntry | None]:
+        """lookup() of many ids at once (None for an id not in the index): one vectorised
+        search instead of one per id."""
+        self.load_index()
+        with self._mutex:
+            return self.index.lookup_many(blob_ids)
+
     def load_blob(self, blob_id: bytes) -> bytes:
         entry = self.lookup(blob_id)
         return self.open_sealed(entry, self.load_pack_range(entry.pack_id, entry.offset, entry.length))

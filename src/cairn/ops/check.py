@@ -40,6 +40,7 @@ from cairn.repo.pack import HEADER_START, RECORD, TRAILER, PackEntry, header_tai
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
 from cairn.storage.cache import remote_reads
+from cairn.storage.stack import is_remote
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(phase, done, total)`` from the calling thread; phases: index, packs, trees, data."""
@@ -49,6 +50,14 @@ _PACK_NAME = re.compile(r"^data/([0-9a-f]{2})/([0-9a-f]{64})$")
 _BLOB_TYPES = frozenset(int(t) for t in BlobType)
 UNINDEXED = "unindexed pack (left by an interrupted backup; prune or repair index)"
 AWAITING_DELETION = "awaiting deletion by prune (no index names it; the next prune deletes it)"
+
+
+def check_workers(connections: int, remote: bool) -> int:
+    """Threads reading whole packs for --read-data. Over a network, one per connection (up to
+    4): they mostly wait. On a local disk, one per core: each holds a 16 MiB pack and its open
+    blobs, and more threads than cores only hand the GIL around (`real` on 2 cores, 4 threads
+    against 2: 1.45x the peak memory, 1.08x the wall time)."""
+    return max(2, min(4, connections)) if remote else max(2, min(4, connections, os.cpu_count() or 2))
 
 
 @dataclass
@@ -120,7 +129,7 @@ class _Checker:
         self.index = BlobIndex()
         self.indexed: dict[bytes, tuple[str, bytes]] = {}  # pack id -> (index short id, records)
         self.stored: dict[bytes, int] = {}  # pack id -> size in storage
-        self.workers = max(2, min(4, self.backend.properties.connections))
+        self.workers = check_workers(self.backend.properties.connections, is_remote(self.backend.properties.location))
 
     def run(self, options: CheckOptions) -> CheckResult:
         # Snapshots are listed before the index is read: writers store a snapshot only after

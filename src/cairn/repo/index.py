@@ -313,8 +313,10 @@ class BlobIndex:
             elif len(blob_id) == 32:
                 todo.append(i)
         for seg in reversed(self._segments):
-            if not todo or not len(seg):
+            if not todo:
                 break
+            if not len(seg):
+                continue
             ids = np.frombuffer(b"".join([blob_ids[i] for i in todo]), dtype=np.uint8).reshape(-1, 32)
             keys, rests = _split_ids(ids)
             at = np.minimum(np.searchsorted(seg.key, keys), len(seg) - 1)

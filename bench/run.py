@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from datasets import DATASETS, prepare  # noqa: E402
-from files import PASSWORD, change_one_percent, du, timed, tool_commands  # noqa: E402
+from files import PASSWORD, change_one_percent, du, restore_target, timed, tool_commands  # noqa: E402
 
 Result = dict[str, float]
 FILE_SCENARIOS = ("first", "unchanged", "changed_1pct", "restore", "restore_one", "check_read", "forget_prune")
@@ -89,8 +89,17 @@ def run_files(tool: str, source: Path, work: Path, count: int, size: int, baseli
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     data, repo, cache = work / "data", work / "repo", work / "cache"
-    targets = {name: work / name for name in ("restore", "restore_one")}
     subprocess.run(["cp", "-a", str(source), str(data)], check=True)
+    with restore_target(work, size) as fresh:
+        out = _file_scenarios(tool, fresh, data, repo, cache, work, count, size, baseline)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _file_scenarios(
+    tool: str, fresh: Path, data: Path, repo: Path, cache: Path, work: Path, count: int, size: int, baseline: Path | None
+) -> dict[str, Result]:
+    targets = {name: fresh / name for name in ("restore", "restore_one")}
     for t in targets.values():
         t.mkdir()
     env = dict(os.environ, CAIRN_PASSWORD=PASSWORD, RESTIC_PASSWORD=PASSWORD, BORG_PASSPHRASE=PASSWORD,
@@ -120,7 +129,6 @@ def run_files(tool: str, source: Path, work: Path, count: int, size: int, baseli
         "wall": forget["wall"] + prune["wall"], "cpu": forget["cpu"] + prune["cpu"],
         "rss_mib": max(forget["rss_mib"], prune["rss_mib"]), "repo_bytes": du(repo),
     }
-    shutil.rmtree(work, ignore_errors=True)
     return out
 
 

@@ -290,3 +290,30 @@ def test_a_reused_folder_tree_is_what_encoding_would_give(repo: Repository, sour
     forced = run(repo, source, force=True)
     assert (forced.files_unchanged, forced.dirs_unchanged, forced.parent_id) == (0, 0, None)
     assert node_at(repo, repo.find_snapshot("latest").root, source).subtree == reused_tree
+
+
+def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Repository, source: Path) -> None:
+    """In a folder that changed, each unchanged entry is taken from the parent's tree instead
+    of being captured again: its xattrs, link identity and special kinds must come through
+    intact, the changed sibling must show its change, and the tree must be the one a backup
+    capturing everything (--force) encodes."""
+    folder = source / "d1"
+    os.setxattr(folder / "f1", b"user.k", b"v")
+    os.symlink("f1", folder / "link")
+    os.mkfifo(folder / "pipe")
+    os.link(folder / "f0", folder / "hard")
+    run(repo, source)
+    run(repo, source)  # reading the link set its atime once: this run records it
+    (folder / "f2").write_bytes(b"changed")  # the folder changes; f0, f1, link, pipe, hard do not
+    os.setxattr(folder / "f3", b"user.k", b"new")
+    changed = run(repo, source)
+    assert changed.files_changed == 2  # f2, and f3 whose xattr changed its ctime
+    root = repo.find_snapshot("latest").root
+    assert node_at(repo, root, folder / "f1").xattrs == [(b"user.k", b"v")]
+    assert node_at(repo, root, folder / "f3").xattrs == [(b"user.k", b"new")]
+    assert node_at(repo, root, folder / "link").target == b"f1"
+    assert node_at(repo, root, folder / "pipe").type == "fifo"
+    assert node_at(repo, root, folder / "hard").links == node_at(repo, root, folder / "f0").links is not None
+    kept_tree = node_at(repo, root, folder).subtree
+    run(repo, source, force=True)
+    assert node_at(repo, repo.find_snapshot("latest").root, folder).subtree == kept_tree

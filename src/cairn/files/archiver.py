@@ -40,13 +40,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cairn.errors import DamagedObject
 from cairn.files import filescache
 from cairn.files.excludes import ExcludeOptions, Excluder
 from cairn.files.filescache import ParentFolder, ParentTrees
 from cairn.files.metadata import capture, entry_type
 from cairn.files.pipeline import Pending, Pipeline
 from cairn.files.scanner import DIR_FLAGS, Plan, Totals, join, list_names, make_plan, open_at, reason
-from cairn.files.tree import DIR, FILE, Node, encode_tree
+from cairn.files.tree import DIR, FILE, Node, decode_entry, encode_tree
 from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
 
@@ -128,7 +129,7 @@ class ArchiveOptions:
 class _Item:
     """One entry of a folder being walked."""
 
-    __slots__ = ("name", "st", "kind", "node", "content", "pending", "same", "subtree", "dropped", "fresh", "reads")
+    __slots__ = ("name", "st", "kind", "node", "content", "pending", "same", "entry", "subtree", "dropped", "fresh", "reads")
 
     def __init__(self, name: bytes, st: os.stat_result, kind: str) -> None:
         self.name = name
@@ -138,6 +139,7 @@ class _Item:
         self.content: list[bytes] | None = None  # reused content ids
         self.pending: Pending | None = None
         self.same = False
+        self.entry: filescache.Entry | None = None  # the parent's entry, when `same`
         self.subtree: bytes | None = None
         self.dropped = False
         self.fresh = False  # a file being read that the parent did not have
@@ -270,6 +272,7 @@ class _Archiver:
                 return None
         else:
             item.same = self.parents.shortcut and filescache.same_entry(entry, st, kind)
+            item.entry = entry if item.same else None
             self.result.others += 1
         folder.items.append(item)
         if not item.same:
@@ -285,6 +288,7 @@ class _Archiver:
         if content is not None and (self.parents.indexed or all(self.repo.has_blob(b) for b in content)):
             item.content = content
             item.same = same
+            item.entry = entry if same else None
             self.result.files_unchanged += 1
             return True
         item.fresh = entry is None
@@ -373,6 +377,15 @@ class _Archiver:
     def capture(self, folder: _Folder, item: _Item) -> None:
         if item.node is not None or item.dropped or item.reads:
             return
+        if item.entry is not None:
+            # Unchanged down to ctime, which any change of metadata (xattrs and ACLs included)
+            # sets: the parent's entry is what capturing would give, without the xattr calls
+            # (the same rule that lets a whole unchanged folder keep its tree; filescache).
+            try:
+                item.node = decode_entry(item.entry, f"the parent's entry {item.name!r}")
+                return
+            except DamagedObject:
+                pass  # captured afresh below
         try:
             item.node = capture(folder.fd, item.name, item.st)
         except OSError as exc:

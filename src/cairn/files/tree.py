@@ -156,6 +156,12 @@ def _blob_id(value: object, key: str, what: str) -> bytes:
     return value
 
 
+def decode_entry(entry: object, what: str) -> Node:
+    """One entry of a decoded tree map, checked as decode_tree checks it (a backup reuses an
+    unchanged entry of the parent's tree this way)."""
+    return _decode_entry(entry, what)
+
+
 def _decode_entry(entry: object, what: str) -> Node:
     if not isinstance(entry, dict):
         raise DamagedObject(f"{what} is damaged: an entry is not a map")

@@ -36,6 +36,11 @@ Two levels of reuse:
   inherit trees without it; otherwise every folder is captured and encoded again, and since
   tree encoding is deterministic an unchanged folder still gets the same id.
 
+Under the same conditions, an entry unchanged down to the last stat field inside a folder that
+did change is taken from the parent's tree (checked as any tree entry is) rather than captured
+again: that saves its extended-attribute calls, which were most of a 1%-changed re-backup's
+extra time, since 1% of files spread over a tree changes most of its folders.
+
 Trees are read here with the bare MessagePack decoder and only the fields above are used, each
 type-checked at use: decoding every field of every entry with full validation (`decode_tree`)
 costs 5 µs per entry, which would be most of an unchanged re-backup.

@@ -137,7 +137,7 @@ def cli(ctx: click.Context) -> None:
 def main() -> None:
     """Console-script entry point."""
     # NumPy (the blob index) loads OpenBLAS, which starts a spinning thread per core at import
-    # although cairn does no linear algebra: 0.13 s of CPU per command measured here, and a
+    # although cairn does no linear algebra: 0.07-0.1 s of CPU per command measured here, and a
     # thread competing with the backup's for the cores. One thread starts none; a user's own
     # setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -157,12 +157,8 @@ def _blob_id(value: object, key: str, what: str) -> bytes:
 
 
 def decode_entry(entry: object, what: str) -> Node:
-    """One entry of a decoded tree map, checked as decode_tree checks it (a backup reuses an
-    unchanged entry of the parent's tree this way)."""
-    return _decode_entry(entry, what)
-
-
-def _decode_entry(entry: object, what: str) -> Node:
+    """One entry of a decoded tree map, checked (decode_tree, and a backup reusing an
+    unchanged entry of the parent's tree)."""
     if not isinstance(entry, dict):
         raise DamagedObject(f"{what} is damaged: an entry is not a map")
     name = entry.get("name")
@@ -278,7 +274,7 @@ def decode_tree(data: bytes, what: str) -> list[Node]:
     if encoding.field(obj, "v", int, what) != TREE_FORMAT:
         raise DamagedObject(f"{what} has an unknown tree format {obj['v']}")
     entries = encoding.field(obj, "entries", list, what)
-    nodes = [_decode_entry(e, what) for e in entries]
+    nodes = [decode_entry(e, what) for e in entries]
     for before, after in zip(nodes, nodes[1:]):
         if not before.name < after.name:
             raise DamagedObject(f"{what} is damaged: entries unsorted or duplicated at {after.name!r}")

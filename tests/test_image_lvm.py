@@ -114,8 +114,12 @@ def test_the_snapshot_is_removed_when_imaging_fails(fake_lvm: FakeLvm, repo_dir:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_the_snapshot_is_removed_on_ctrl_c_or_sigterm(fake_lvm: FakeLvm, signum: int) -> None:
+def test_the_snapshot_is_removed_on_ctrl_c_or_sigterm(fake_lvm: FakeLvm, signum: int, request: pytest.FixtureRequest) -> None:
     before = signal.getsignal(signal.SIGTERM)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then
+    # keeps it ignored: give this test the handler a terminal's Ctrl-C meets.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
 
     def interrupt(report: object) -> None:
         os.kill(os.getpid(), signum)  # delivered to this, the main thread, while imaging

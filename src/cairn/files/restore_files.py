@@ -119,11 +119,17 @@ class FileWriter:
                 job.end(False, exc)
             else:
                 job.end(ok)
+            finally:
+                self.slots.put(None)
 
     def plan(self, blob_ids: list[bytes]) -> None:
         """Note the content of the files the walker is about to `start`, in order, so that
         their blobs that lie together in a pack are read together (restore_reads)."""
         self.reads.plan(b for b in blob_ids if self.zeros.get(b) is None)
+
+    def flush(self) -> None:
+        """Nothing to do: each file reaches the writers when it is started (restore_procs
+        hands them over in batches, which this sends on)."""
 
     def start(self, parent: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> FileJob:
         """Queue the file `node` of the folder `parent` (walker thread only); the job's result
@@ -133,7 +139,7 @@ class FileWriter:
             self.writers = [threading.Thread(target=self.work, name=f"cairn-restore-{i}") for i in range(WORKERS)]
             for thread in self.writers:
                 thread.start()
-        self.slots.get()  # given back at the end of `job`
+        self.slots.get()  # given back by `work` once the job ended
         job = FileJob((parent, node, rel, created))
         self.queue.put(job)
         return job
@@ -228,7 +234,6 @@ class FileWriter:
         finally:
             if fd >= 0:
                 os.close(fd)
-            self.slots.put(None)
         return True
 
     def finish(self, parent: int, fd: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> None:

@@ -29,6 +29,9 @@ class RestoreSettings:
     selection: Selection = field(default_factory=Selection)
     owner: bool | None = None
     """Restore owners; None: when running as root (only root can give files away)."""
+    processes: int = 0
+    """Writer processes for the files (restore_procs); 0: writer threads. Only for storage a
+    forked process can read on its own (a local folder): the caller decides."""
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """Write a snapshot's entries back under a target folder.
 
 Shape: the calling thread walks the trees depth-first and does everything that changes a folder
-(mkdir, create, unlink, symlink, mkfifo, mknod, link, delete); file contents are written by a
-pool of writer threads (restore_files), each file through the descriptor the walker created it
-with, while a loader pool reads and decrypts the next blobs. Memory stays bounded whatever the
+(mkdir, create, unlink, symlink, mkfifo, mknod, link, delete); regular files are created and
+written in their open folder by a pool of writer threads (restore_files), while a loader pool
+reads and decrypts the next blobs; from a local repository, by forked writer processes instead
+(restore_procs), which do not share one GIL. Memory stays bounded whatever the
 file sizes; folders are opened lazily, so an --include that selects one file deep down creates
 only the folders leading to it.
 
 Modules: restorer (the walk, folders, special entries, hard links, --delete), restore_files
-(regular files), restore_content (sparse writing, comparing), restore_reads (the blobs of the
+(regular files), restore_procs (the same in writer processes), restore_content (sparse writing, comparing), restore_reads (the blobs of the
 next files read from their packs in coalesced ranges), restore_entries (what to do with what the
 target already has), restore_select (patterns), restore_state (settings and result).
 
@@ -40,6 +41,7 @@ from cairn.files.restore_entries import (
     DIR_FLAGS, IF_NEWER, NEVER, Action, decide, delete_strays, lstat_at, remove,
 )
 from cairn.files.restore_files import IN_FLIGHT, FileJob, FileWriter
+from cairn.files.restore_procs import ProcessFileWriter
 from cairn.files.restore_others import OtherEntries
 from cairn.files.restore_select import planned_bytes
 from cairn.files.restore_state import RestoreProgress, RestoreResult, RestoreSettings, Tally
@@ -99,7 +101,9 @@ class Restorer:
         self.repo, self.settings = repo, settings
         self.tally = Tally(progress)
         self.owner = os.geteuid() == 0 if settings.owner is None else settings.owner
-        self.files = FileWriter(repo, settings, self.tally, self.owner)
+        self.files: FileWriter | ProcessFileWriter = (
+            ProcessFileWriter(repo, settings, self.tally, self.owner, settings.processes) if settings.processes
+            else FileWriter(repo, settings, self.tally, self.owner))
         self.others = OtherEntries(settings, self.tally, self.owner)
         self.linked: dict[tuple[int, int], tuple[bytes, FileJob | None]] = {}
         self.waiting: list[_Frame] = []  # left by the walk, files still being written
@@ -290,6 +294,7 @@ class Restorer:
                         self.note("skipped", frame.rel + b"/" + name if frame.rel else name, problem)
                     else:
                         self.tally.count("deleted")
+        self.files.flush()  # its last files: the walk may not start another one for a while
         if frame.fd is not None:
             self.waiting.append(frame)
 

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from cairn.errors import CairnError, NotFound, PartialSuccess, UsageError
 from cairn.files import restorer
 from cairn.files.restore_entries import ALWAYS, OVERWRITE_MODES
+from cairn.files.restore_procs import writer_processes
 from cairn.files.restore_select import Selection
 from cairn.files.restorer import RestoreProgress, RestoreSettings, load_tree
 from cairn.files.tree import DIR, Node
 from cairn.repo.repository import Repository
+from cairn.storage.stack import is_remote
 
 
 @dataclass
@@ -109,6 +111,8 @@ def restore(
         if snap.kind != "files":
             raise UsageError(f"snapshot {snap.short_id} is a {snap.kind} snapshot, not a files snapshot")
         node = find_node(repo, snap.root, subpath, snap.short_id)
+        if node.type == DIR and not is_remote(repo.backend.properties.location) and hasattr(os, "fork"):
+            settings.processes = writer_processes()  # see files/restore_procs
         where = b"/" + b"/".join(p for p in os.fsencode(subpath).split(b"/") if p not in (b"", b"."))
         where = where.rstrip(b"/")
         if node.type == DIR:

@@ -1,0 +1,121 @@
+"""Restores through writer processes (files/restore_procs), which `cairn restore` uses on a local
+repository: the same result as writer threads, a resumable interruption, and a clear error
+when a writer process is killed."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+
+from cairn.errors import CairnError
+from cairn.files import restore_procs
+from cairn.files.restorer import RestoreProgress
+from cairn.ops.backup import BackupOptions, backup
+from cairn.ops.restore import RestoreOptions, restore
+from cairn.repo.repository import Repository
+from cairn.storage.local import LocalBackend
+from conftest import FAST_KDF
+from test_restore_support import make_every_kind, rsync_differences, times
+
+FOLDERS, PER_FOLDER = 20, 100
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository.init(LocalBackend(tmp_path / "repo"), b"pw", FAST_KDF)
+
+
+def many_files(root: Path) -> Path:
+    """2,000 small files in 20 folders: more batches than the writers may hold at once."""
+    rng = random.Random(3)
+    for d in range(FOLDERS):
+        folder = root / f"d{d:02d}"
+        folder.mkdir(parents=True)
+        for f in range(PER_FOLDER):
+            (folder / f"f{f:03d}").write_bytes(rng.randbytes(rng.randrange(0, 3000)))
+    return root
+
+
+def snapshot_of(repo: Repository, src: Path) -> str:
+    result = backup(repo, BackupOptions([str(src)]))
+    assert result.snapshot_id is not None
+    return f"{result.snapshot_id.hex()}:{src}"
+
+
+def children() -> set[int]:
+    """Children of the main thread, which is where the restore forks its writers (and where
+    other tests started the servers they share)."""
+    return {int(pid) for pid in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()}
+
+
+def test_every_kind_of_entry_comes_back_through_writer_processes(repo: Repository, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    make_every_kind(src, sparse_size=64 * 1024 * 1024)
+    many_files(src / "many")
+    before = times(src)
+    snap = snapshot_of(repo, src)
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def counted_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", counted_fork)
+    others = children()
+    target = tmp_path / "out"
+    done = restore(repo, RestoreOptions(snap, str(target)))
+    assert len(forks) == restore_procs.writer_processes() >= 2
+    assert times(target) == before  # before rsync reads the files
+    assert rsync_differences(src, target) == []
+    assert done.errors == [] and done.files > FOLDERS * PER_FOLDER
+    assert children() == others  # every writer was reaped
+
+
+def test_an_interrupted_restore_through_processes_resumes(repo: Repository, tmp_path: Path) -> None:
+    src = many_files(tmp_path / "src")
+    snap = snapshot_of(repo, src)
+    target = tmp_path / "out"
+    others = children()
+
+    def interrupt(p: RestoreProgress) -> None:
+        if p.files >= 100:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        restore(repo, RestoreOptions(snap, str(target)), progress=interrupt)
+    assert children() == others
+    # The writers hold at most a few batches when the walk stops, so most files are not there yet.
+    complete = sum(1 for p in target.rglob("f*") if p.is_file())
+    assert 100 <= complete < FOLDERS * PER_FOLDER // 2
+    done = restore(repo, RestoreOptions(snap, str(target), overwrite="if-changed"))
+    assert done.unchanged >= 100 and done.files + done.unchanged == FOLDERS * PER_FOLDER
+    assert rsync_differences(src, target) == []
+
+
+def test_a_killed_writer_process_fails_the_restore_in_one_line(repo: Repository, tmp_path: Path) -> None:
+    src = many_files(tmp_path / "src")
+    snap = snapshot_of(repo, src)
+    target = tmp_path / "out"
+    killed: list[int] = []
+    others = children()
+
+    def kill_one(p: RestoreProgress) -> None:
+        if p.files and not killed:
+            killed.append(min(children() - others))
+            os.kill(killed[0], signal.SIGKILL)
+
+    with pytest.raises(CairnError) as caught:
+        restore(repo, RestoreOptions(snap, str(target)), progress=kill_one)
+    assert str(caught.value) == (f"restore writer process {killed[0]} ended unexpectedly (killed by signal 9); "
+                                 "run the restore again to finish it")
+    assert children() == others
+    restore(repo, RestoreOptions(snap, str(target)))
+    assert rsync_differences(src, target) == []

@@ -90,6 +90,7 @@ def run_files(tool: str, source: Path, work: Path, count: int, size: int, baseli
     work.mkdir(parents=True)
     data, repo, cache = work / "data", work / "repo", work / "cache"
     subprocess.run(["cp", "-a", str(source), str(data)], check=True)
+    subprocess.run(["sync"], check=True)  # else the copy's writeback lands in the first backup's time
     with restore_target(work, size) as fresh:
         out = _file_scenarios(tool, fresh, data, repo, cache, work, count, size, baseline)
     shutil.rmtree(work, ignore_errors=True)
@@ -241,7 +242,7 @@ def main() -> None:
         size = du(source)
         raw: dict[str, list] = {t: [] for t in tools}
         for run in range(args.runs):
-            for tool in tools:
+            for tool in tools[run % len(tools):] + tools[:run % len(tools)]:  # each run starts with another
                 print(f"{name} run {run + 1}/{args.runs}: {tool}", file=sys.stderr)
                 raw[tool].append(run_files(tool, source, Path(args.workdir) / "work", count, size, args.baseline))
         med = {t: medians(r) for t, r in raw.items()}

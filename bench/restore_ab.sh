@@ -1,5 +1,6 @@
 #!/bin/bash
-# Full restore, alternating, into tmpfs: cairn (this tree), cairn (another tree: base) and restic,
+# Full restore, alternating, into tmpfs (or, with NEW_EXT4=1 as root, onto a new ext4 made for
+# each run, as bench/run.py does): cairn (this tree), cairn (another tree: base) and restic,
 # each from its own repository of the same data, page cache warm. One line per run:
 #   round tool wall user sys maxrss_kib load=1-minute-load-average
 # Usage: bench/restore_ab.sh ROUNDS CAIRN_REPO RESTIC_REPO BASE_SRC [tool...]   (tools: base new restic)
@@ -17,6 +18,11 @@ shm=${SHM:-/dev/shm}
 for i in $(seq "$rounds"); do
   for t in $tools; do
     target=$shm/cairn-restore-ab-$t; rm -rf "$target"
+    if [ "${NEW_EXT4:-0}" = 1 ]; then  # a new filesystem: no inodes freed minutes ago (bench/files.py)
+      image=${IMAGE_DIR:-/var/tmp}/cairn-restore-ab.ext4; rm -f "$image"; truncate -s 4G "$image"
+      mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$image"
+      mkdir -p "$target"; mount -o loop "$image" "$target"
+    fi
     case $t in
       base) cmd=(env PYTHONPATH="$base" "$py" -m cairn -r "$crepo" restore latest --target "$target");;
       new) cmd=(env PYTHONPATH="$here/src" "$py" -m cairn -r "$crepo" restore latest --target "$target");;
@@ -25,6 +31,7 @@ for i in $(seq "$rounds"); do
     load=$(cut -d' ' -f1 /proc/loadavg)
     /usr/bin/time -o "$shm/cairn-restore-ab.time" -f "$i $t %e %U %S %M load=$load" "${cmd[@]}" >/dev/null
     cat "$shm/cairn-restore-ab.time"
+    if [ "${NEW_EXT4:-0}" = 1 ]; then umount "$target"; rm -f "$image"; fi
     rm -rf "$target" "$shm/cairn-restore-ab.time"
   done
 done

@@ -232,6 +232,10 @@ def main() -> None:
     tools = [t for t in args.tools.split(",") if t == "cairn" or shutil.which(t)]
     if args.baseline:
         tools.append(BASELINE)
+    # As `pip install` leaves it: each cairn run would otherwise compile its modules again where
+    # PYTHONDONTWRITEBYTECODE is set (as on these machines), which the peers' binaries never pay.
+    for src in [HERE.parent / "src"] + ([args.baseline] if args.baseline else []):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
     report: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "load_start": loadavg(),
                     "cpus": os.cpu_count(), "tools": tools, "files": {}, "tables": {}}
     for name in args.datasets.split(","):

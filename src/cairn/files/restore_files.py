@@ -128,8 +128,8 @@ class FileWriter:
         self.reads.plan(b for b in blob_ids if self.zeros.get(b) is None)
 
     def flush(self) -> None:
-        """Nothing to do: each file reaches the writers when it is started (restore_procs
-        hands them over in batches, which this sends on)."""
+        """Nothing to do here: each file reaches the writer threads when it is started
+        (ProcessFileWriter.flush sends its batch on)."""
 
     def start(self, parent: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> FileJob:
         """Queue the file `node` of the folder `parent` (walker thread only); the job's result

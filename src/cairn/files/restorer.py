@@ -1,17 +1,18 @@
 """Write a snapshot's entries back under a target folder.
 
 Shape: the calling thread walks the trees depth-first and does everything that changes a folder
-(mkdir, create, unlink, symlink, mkfifo, mknod, link, delete); regular files are created and
-written in their open folder by a pool of writer threads (restore_files), while a loader pool
-reads and decrypts the next blobs; from a local repository, by forked writer processes instead
-(restore_procs), which do not share one GIL. Memory stays bounded whatever the
-file sizes; folders are opened lazily, so an --include that selects one file deep down creates
-only the folders leading to it.
+(mkdir, unlink, symlink, mkfifo, mknod, link, delete); regular files are created and written
+in their open folder by a pool of writer threads (restore_files), while a loader pool reads and
+decrypts the next blobs; from a local repository, by forked writer processes instead
+(restore_procs), which do not share one GIL. Memory stays bounded whatever the file sizes;
+folders are opened lazily, so an --include that selects one file deep down creates only the
+folders leading to it.
 
 Modules: restorer (the walk, folders, special entries, hard links, --delete), restore_files
-(regular files), restore_procs (the same in writer processes), restore_content (sparse writing, comparing), restore_reads (the blobs of the
-next files read from their packs in coalesced ranges), restore_entries (what to do with what the
-target already has), restore_select (patterns), restore_state (settings and result).
+(regular files), restore_procs (the same in writer processes), restore_content (sparse
+writing, comparing), restore_reads (the blobs of the next files read from their packs in
+coalesced ranges), restore_entries (what to do with what the target already has),
+restore_select (patterns), restore_state (settings and result).
 
 Safety against a malicious snapshot or a hostile target: every name was checked by `decode_tree`
 to be one path component; every entry is reached relative to an open descriptor of its parent,

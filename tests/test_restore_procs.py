@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.restore import RestoreOptions, restore
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
-from conftest import FAST_KDF
+from conftest import FAST_KDF, SRC
 from test_restore_support import make_every_kind, rsync_differences, times
 
 FOLDERS, PER_FOLDER = 20, 100
@@ -118,4 +121,34 @@ def test_a_killed_writer_process_fails_the_restore_in_one_line(repo: Repository,
                                  "run the restore again to finish it")
     assert children() == others
     restore(repo, RestoreOptions(snap, str(target)))
+    assert rsync_differences(src, target) == []
+
+
+def test_ctrl_c_in_a_terminal_stops_the_command_and_its_writers(repo: Repository, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole process group: the walk and the writers."""
+    src = many_files(tmp_path / "src")
+    for d in range(FOLDERS):  # more, so the restore is still running when the signal comes
+        many_files(tmp_path / "src" / f"more{d:02d}")
+    snap = snapshot_of(repo, src)
+    target = tmp_path / "out"
+    env = {**os.environ, "CAIRN_PASSWORD": "pw", "PYTHONPATH": str(SRC)}
+    command = [sys.executable, "-m", "cairn", "-r", str(tmp_path / "repo"), "restore", snap, "--target", str(target)]
+
+    def as_in_a_terminal() -> None:  # a shell without job control may have left SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, preexec_fn=as_in_a_terminal)
+    deadline = time.monotonic() + 60
+    while not any(target.rglob("f*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "cairn: interrupted; the repository is left consistent, run the command again to continue"
+    with pytest.raises(ProcessLookupError):  # no writer is left behind
+        os.killpg(process.pid, 0)
+    assert list((tmp_path / "repo" / "locks").iterdir()) == []
+    again = subprocess.run([*command, "--overwrite", "if-changed"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
     assert rsync_differences(src, target) == []

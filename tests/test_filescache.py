@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from cairn.files import archiver
 from cairn.files.restorer import load_tree
 from cairn.files.tree import Node, encode_tree
 from cairn.ops.backup import BackupOptions, backup, program
@@ -292,11 +294,20 @@ def test_a_reused_folder_tree_is_what_encoding_would_give(repo: Repository, sour
     assert node_at(repo, repo.find_snapshot("latest").root, source).subtree == reused_tree
 
 
-def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Repository, source: Path) -> None:
+def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Repository, source: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """In a folder that changed, each unchanged entry is taken from the parent's tree instead
     of being captured again: its xattrs, link identity and special kinds must come through
     intact, the changed sibling must show its change, and the tree must be the one a backup
     capturing everything (--force) encodes."""
+    captured: list[bytes] = []
+    real_capture = archiver.capture
+
+    def noted_capture(parent_fd: int, name: bytes, *args: Any, **kwargs: Any) -> Node:
+        captured.append(name)
+        return real_capture(parent_fd, name, *args, **kwargs)
+
+    monkeypatch.setattr(archiver, "capture", noted_capture)
     folder = source / "d1"
     os.setxattr(folder / "f1", b"user.k", b"v")
     os.symlink("f1", folder / "link")
@@ -306,8 +317,10 @@ def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Reposit
     run(repo, source)  # reading the link set its atime once: this run records it
     (folder / "f2").write_bytes(b"changed")  # the folder changes; f0, f1, link, pipe, hard do not
     os.setxattr(folder / "f3", b"user.k", b"new")
+    captured.clear()
     changed = run(repo, source)
     assert changed.files_changed == 2  # f2, and f3 whose xattr changed its ctime
+    assert not {b"f0", b"f1", b"link", b"pipe", b"hard"} & set(captured)  # taken from the parent's tree
     root = repo.find_snapshot("latest").root
     assert node_at(repo, root, folder / "f1").xattrs == [(b"user.k", b"v")]
     assert node_at(repo, root, folder / "f3").xattrs == [(b"user.k", b"new")]

@@ -74,6 +74,9 @@ class FileJob:
 
 
 class FileWriter:
+    plans_ahead = True
+    """The walk `plan`s the next files' blobs, since they are read by threads sharing one cache."""
+
     def __init__(self, repo: Repository, settings: RestoreSettings, tally: Tally, owner: bool) -> None:
         self.repo, self.settings, self.tally, self.owner = repo, settings, tally, owner
         self.umask = metadata.process_umask()

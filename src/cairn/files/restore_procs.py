@@ -200,7 +200,10 @@ class _Writer:
 
 
 class ProcessFileWriter:
-    """FileWriter's interface (plan, start, flush, check, close) over writer processes."""
+    """FileWriter's interface (start, flush, check, close) over writer processes."""
+
+    plans_ahead = False
+    """Each writer plans the reads of the batch it is sent: the walk need not look ahead."""
 
     def __init__(self, repo: Repository, settings: RestoreSettings, tally: Tally, owner: bool,
                  processes: int) -> None:
@@ -249,9 +252,6 @@ class ProcessFileWriter:
         return _Writer(pid, ours)
 
     # -- the walker's side -------------------------------------------------------------------
-    def plan(self, blob_ids: list[bytes]) -> None:
-        """Nothing: each writer plans the reads of the batch it is sent."""
-
     def start(self, parent: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> FileJob:
         """Add the file to its folder's batch (see the module docstring); `parent` must stay
         open until the job ends, as with FileWriter."""

@@ -194,7 +194,7 @@ class Restorer:
                 return None
         job: FileJob | None = None
         if node.type == FILE:
-            if frame.index > frame.planned:
+            if self.files.plans_ahead and frame.index > frame.planned:
                 self.plan(frame)
             job = self.files.start(parent, node, rel, frame.created)
             if len(frame.pending) >= IN_FLIGHT:  # a folder of a million files keeps few futures

@@ -46,6 +46,7 @@ from cairn.files.excludes import ExcludeOptions, Excluder
 from cairn.files.filescache import ParentFolder, ParentTrees
 from cairn.files.metadata import capture, entry_type
 from cairn.files.pipeline import Pending, Pipeline
+from cairn.files.pipeline_procs import ProcessPipeline
 from cairn.files.scanner import DIR_FLAGS, Plan, Totals, join, list_names, make_plan, open_at, reason
 from cairn.files.tree import DIR, FILE, Node, decode_entry, encode_tree
 from cairn.repo.blob import BlobType
@@ -124,6 +125,8 @@ class ArchiveOptions:
     on_checkpoint: Callable[[bytes], None] | None = None
     stop: threading.Event | None = None
     """Set it (from a signal handler) to checkpoint and raise KeyboardInterrupt."""
+    processes: int = 0
+    """Worker processes that read and store the files (files/pipeline_procs.py); 0 for threads."""
 
 
 class _Item:
@@ -171,7 +174,8 @@ class _Archiver:
         self.progress = progress
         self.status = status
         self.result = ArchiveResult()
-        self.pipeline = Pipeline(repo, options.dry_run)
+        self.pipeline = (ProcessPipeline(repo, options.processes) if options.processes and not options.dry_run
+                         else Pipeline(repo, options.dry_run))
         self.waiting: deque[_Folder] = deque()
         self.waiting_entries = 0
         self.stack: list[_Folder] = []
@@ -482,7 +486,7 @@ class _Archiver:
                     nodes.append(node)
             tree_id = self.pipeline.store(BlobType.TREE, encode_tree(nodes))
             if folder.item is None:
-                self.repo.flush()
+                self.pipeline.flush()
                 self.options.on_checkpoint(tree_id)
                 return
             self.capture(self.stack[depth - 1], folder.item)

@@ -153,139 +153,50 @@ class _ReadError(Exception):
         self.reason = reason(exc)
 
 
-class Pipeline:
-    """Reads files in reader threads and stores their chunks in saver threads."""
+class FileReader:
+    """Reads one file at a time: change detection, chunking, the skip-and-list rules. Where the
+    chunks go is the subclass's: saver threads here (`Pipeline`), or a backup worker process's
+    own packs (pipeline_procs)."""
 
-    def __init__(self, repo: Repository, dry_run: bool) -> None:
-        self.repo = repo
-        self.dry_run = dry_run
-        self.params = repo.config.chunker
-        self.small = self.params.min_size
-        self.whole = 2 * self.params.max_size  # what the streaming chunker buffers anyway
-        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="cairn-read")
-        self._big = ThreadPoolExecutor(1, thread_name_prefix="cairn-read-big")
-        properties = repo.backend.properties
-        self.savers = saver_count(properties.connections, is_remote(properties.location))
-        self._savers = ThreadPoolExecutor(self.savers, thread_name_prefix="cairn-save")
-        self._batches = threading.BoundedSemaphore(IN_FLIGHT_BATCHES)
-        self._light = threading.Lock()
-        self._bigs = threading.BoundedSemaphore(IN_FLIGHT_BIG)
-        self._chunks = threading.BoundedSemaphore(self.savers + 1)  # each saver busy, one waiting
+    def __init__(self, params: ChunkerParams) -> None:
+        self.params = params
+        self.small = params.min_size
+        self.whole = 2 * params.max_size  # what the streaming chunker buffers anyway
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._seen: set[bytes] = set()
-        self._batch = _Batch()
         self.aborted = False
         self.bytes_read = 0
-        self.bytes_added = 0
-        self.blobs_new = 0
-
-    # -- the walker's side -----------------------------------------------------------------
-
-    def read_at(self, dir_fd: int, name: bytes, st: os.stat_result) -> Pending:
-        """Open the file `name` of the folder `dir_fd`, capture its metadata into the result's
-        `node`, and read it; `st` is its lstat. The caller keeps `dir_fd` open until `result`
-        has returned (the open happens in a reader, later)."""
-        file = (dir_fd, name, st)
-        size = st.st_size
-        if size <= self.small:
-            batch = self._batch
-            files = batch.files
-            files.append(file)
-            batch.size += size
-            pending = Pending(batch, len(files) - 1)
-            if len(files) >= BATCH_FILES or batch.size >= BATCH_BYTES:
-                self.submit()
-            return pending
-        single = _Batch()
-        single.files.append(file)
-        self._submit(single, self._big, self._bigs)
-        return Pending(single, 0)
-
-    def submit(self) -> None:
-        """Hand the batch of small files collected so far to a reader."""
-        if self._batch.files:
-            batch, self._batch = self._batch, _Batch()
-            self._submit(batch, self._readers, self._batches)
-
-    def _submit(self, batch: _Batch, pool: ThreadPoolExecutor, slots: threading.BoundedSemaphore) -> None:
-        slots.acquire()
-        try:
-            batch.future = pool.submit(self._run, batch, slots)
-        except BaseException:
-            slots.release()
-            raise
-
-    def result(self, pending: Pending) -> ReadResult:
-        """The read file's result, its chunks stored (waits for the reader and the savers)."""
-        batch = pending.batch
-        if batch.results is None:
-            if batch.future is None:
-                self.submit()
-            assert batch.future is not None
-            batch.results = batch.future.result()
-        result = batch.results[pending.index]
-        if result.stored:
-            result.content = [f.result() for f in result.stored]
-            result.stored = []
-        return result
 
     def store(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
-        """Store one blob (or, in a dry run, only find out whether it is new); thread-safe."""
-        if self.dry_run:
-            blob_id = self.repo.blob_id(data)
-            with self._lock:
-                new = blob_id not in self._seen
-                self._seen.add(blob_id)
-            new = new and not self.repo.has_blob(blob_id)
-        else:
-            blob_id, new = self.repo.save_blob(blob_type, data)
-        if new:
-            with self._lock:
-                self.bytes_added += len(data)
-                self.blobs_new += 1
-        return blob_id
+        """Store one blob (a small file's only chunk), returning its id."""
+        raise NotImplementedError
 
-    def close(self, abort: bool = False) -> None:
-        if abort:
-            self.aborted = True
-            self._batch = _Batch()
-        self._readers.shutdown(wait=True, cancel_futures=abort)
-        self._big.shutdown(wait=True, cancel_futures=abort)
-        self._savers.shutdown(wait=True, cancel_futures=abort)
+    def _hand(self, chunk: bytes | memoryview) -> Future[bytes]:
+        """Store one chunk of a larger file, perhaps later; the future gives its id."""
+        raise NotImplementedError
 
-    # -- reader threads -------------------------------------------------------------------
-
-    def _run(self, batch: _Batch, slots: threading.BoundedSemaphore) -> list[ReadResult]:
-        if batch.size < LIGHT_BATCH_BYTES and len(batch.files) > 1:
-            with self._light:
-                return self._run_batch(batch, slots)
-        return self._run_batch(batch, slots)
-
-    def _run_batch(self, batch: _Batch, slots: threading.BoundedSemaphore) -> list[ReadResult]:
-        try:
-            results = []
-            for dir_fd, name, st in batch.files:
-                if self.aborted:
-                    raise Aborted()
-                fd = -1
+    def read_files(self, files: list[_File]) -> list[ReadResult]:
+        """Open, capture and read each file (a reader's batch); errors of a file are its result."""
+        results = []
+        for dir_fd, name, st in files:
+            if self.aborted:
+                raise Aborted()
+            fd = -1
+            try:
                 try:
-                    try:
-                        fd = open_at(dir_fd, name, FILE_FLAGS, st)
-                        # Through the open file: the attributes of the very inode read.
-                        node = capture(dir_fd, name, st, fd, FILE)
-                    except OSError as exc:
-                        results.append(ReadResult(error=reason(exc)))
-                        continue
-                    result = self._read_file(fd, st)
-                finally:
-                    if fd >= 0:
-                        os.close(fd)
-                result.node = node
-                results.append(result)
-            return results
-        finally:
-            slots.release()
+                    fd = open_at(dir_fd, name, FILE_FLAGS, st)
+                    # Through the open file: the attributes of the very inode read.
+                    node = capture(dir_fd, name, st, fd, FILE)
+                except OSError as exc:
+                    results.append(ReadResult(error=reason(exc)))
+                    continue
+                result = self._read_file(fd, st)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            result.node = node
+            results.append(result)
+        return results
 
     def _read_file(self, fd: int, st: os.stat_result) -> ReadResult:
         """Read one file, twice at most (see the module docstring).
@@ -360,25 +271,7 @@ class Pipeline:
         cutter = getattr(self._local, "cutter", None)
         if cutter is None:
             cutter = self._local.cutter = _buffer_cutter(self.params)
-        futures = []
-        for chunk in cutter.cut_buf(data):
-            self._chunks.acquire()
-            try:
-                futures.append(self._savers.submit(self._save_chunk, chunk.data))
-            except BaseException:
-                self._chunks.release()
-                raise
-        return futures
-
-    def read_stream(self, stream: RawReader) -> tuple[list[bytes], int]:
-        """Chunk and store a whole stream (standard input, a command's output) from the calling
-        thread, the savers storing in parallel; returns (content ids, size). A read error raises
-        OSError: a stream cannot be skipped like a file."""
-        try:
-            stored, size = self._chunked(stream, b"")
-        except _ReadError as exc:
-            raise OSError(exc.reason) from None
-        return [f.result() for f in stored], size
+        return [self._hand(chunk.data) for chunk in cutter.cut_buf(data)]
 
     def _read_head(self, fd: int, size_hint: int) -> bytes:
         """Up to `small` + 1 bytes: a small file in one read of its size plus one byte.
@@ -430,27 +323,158 @@ class Pipeline:
                 elif size + len(chunk) > len(head):
                     self._count(size + len(chunk) - len(head))
                 size += len(chunk)
-                self._chunks.acquire()
-                try:
-                    futures.append(self._savers.submit(self._save_chunk, chunk))
-                except BaseException:
-                    self._chunks.release()
-                    raise
+                futures.append(self._hand(chunk))
         finally:
             close = getattr(chunks, "close", None)  # a generator: release its buffer now
             if close is not None:
                 close()
         return futures, size
 
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_read += n
+
+
+class Pipeline(FileReader):
+    """Reads files in reader threads and stores their chunks in saver threads."""
+
+    def __init__(self, repo: Repository, dry_run: bool) -> None:
+        super().__init__(repo.config.chunker)
+        self.repo = repo
+        self.dry_run = dry_run
+        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="cairn-read")
+        self._big = ThreadPoolExecutor(1, thread_name_prefix="cairn-read-big")
+        properties = repo.backend.properties
+        self.savers = saver_count(properties.connections, is_remote(properties.location))
+        self._savers = ThreadPoolExecutor(self.savers, thread_name_prefix="cairn-save")
+        self._batches = threading.BoundedSemaphore(IN_FLIGHT_BATCHES)
+        self._light = threading.Lock()
+        self._bigs = threading.BoundedSemaphore(IN_FLIGHT_BIG)
+        self._chunks = threading.BoundedSemaphore(self.savers + 1)  # each saver busy, one waiting
+        self._seen: set[bytes] = set()
+        self._batch = _Batch()
+        self.bytes_added = 0
+        self.blobs_new = 0
+
+    # -- the walker's side -----------------------------------------------------------------
+
+    def read_at(self, dir_fd: int, name: bytes, st: os.stat_result) -> Pending:
+        """Open the file `name` of the folder `dir_fd`, capture its metadata into the result's
+        `node`, and read it; `st` is its lstat. The caller keeps `dir_fd` open until `result`
+        has returned (the open happens in a reader, later)."""
+        file = (dir_fd, name, st)
+        size = st.st_size
+        if size <= self.small:
+            batch = self._batch
+            files = batch.files
+            files.append(file)
+            batch.size += size
+            pending = Pending(batch, len(files) - 1)
+            if len(files) >= BATCH_FILES or batch.size >= BATCH_BYTES:
+                self.submit()
+            return pending
+        single = _Batch()
+        single.files.append(file)
+        single.size = size
+        self._submit(single, big=True)
+        return Pending(single, 0)
+
+    def submit(self) -> None:
+        """Hand the batch of small files collected so far to a reader."""
+        if self._batch.files:
+            batch, self._batch = self._batch, _Batch()
+            self._submit(batch, big=False)
+
+    def _submit(self, batch: _Batch, big: bool) -> None:
+        """Start reading `batch`, setting its `future` (a big file's batch has that file only)."""
+        pool, slots = (self._big, self._bigs) if big else (self._readers, self._batches)
+        slots.acquire()
+        try:
+            batch.future = pool.submit(self._run, batch, slots)
+        except BaseException:
+            slots.release()
+            raise
+
+    def result(self, pending: Pending) -> ReadResult:
+        """The read file's result, its chunks stored (waits for the reader and the savers)."""
+        batch = pending.batch
+        if batch.results is None:
+            if batch.future is None:
+                self.submit()
+            assert batch.future is not None
+            batch.results = batch.future.result()
+        result = batch.results[pending.index]
+        if result.stored:
+            result.content = [f.result() for f in result.stored]
+            result.stored = []
+        return result
+
+    def store(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
+        """Store one blob (or, in a dry run, only find out whether it is new); thread-safe."""
+        if self.dry_run:
+            blob_id = self.repo.blob_id(data)
+            with self._lock:
+                new = blob_id not in self._seen
+                self._seen.add(blob_id)
+            new = new and not self.repo.has_blob(blob_id)
+        else:
+            blob_id, new = self.repo.save_blob(blob_type, data)
+        if new:
+            with self._lock:
+                self.bytes_added += len(data)
+                self.blobs_new += 1
+        return blob_id
+
+    def flush(self) -> None:
+        """Make every blob stored so far part of a pack named by an index object (before a
+        checkpoint's snapshot refers to them)."""
+        self.repo.flush()
+
+    def close(self, abort: bool = False) -> None:
+        if abort:
+            self.aborted = True
+            self._batch = _Batch()
+        self._readers.shutdown(wait=True, cancel_futures=abort)
+        self._big.shutdown(wait=True, cancel_futures=abort)
+        self._savers.shutdown(wait=True, cancel_futures=abort)
+
+    # -- reader threads -------------------------------------------------------------------
+
+    def _run(self, batch: _Batch, slots: threading.BoundedSemaphore) -> list[ReadResult]:
+        if batch.size < LIGHT_BATCH_BYTES and len(batch.files) > 1:
+            with self._light:
+                return self._run_batch(batch, slots)
+        return self._run_batch(batch, slots)
+
+    def _run_batch(self, batch: _Batch, slots: threading.BoundedSemaphore) -> list[ReadResult]:
+        try:
+            return self.read_files(batch.files)
+        finally:
+            slots.release()
+
+    def read_stream(self, stream: RawReader) -> tuple[list[bytes], int]:
+        """Chunk and store a whole stream (standard input, a command's output) from the calling
+        thread, the savers storing in parallel; returns (content ids, size). A read error raises
+        OSError: a stream cannot be skipped like a file."""
+        try:
+            stored, size = self._chunked(stream, b"")
+        except _ReadError as exc:
+            raise OSError(exc.reason) from None
+        return [f.result() for f in stored], size
+
+    def _hand(self, chunk: bytes | memoryview) -> Future[bytes]:
+        self._chunks.acquire()
+        try:
+            return self._savers.submit(self._save_chunk, chunk)
+        except BaseException:
+            self._chunks.release()
+            raise
+
     def _save_chunk(self, chunk: bytes | memoryview) -> bytes:
         try:
             return self.store(BlobType.DATA, chunk)
         finally:
             self._chunks.release()
-
-    def _count(self, n: int) -> None:
-        with self._lock:
-            self.bytes_read += n
 
 
 def _fstat(fd: int) -> os.stat_result:

@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import gc
 import os
-import pickle
 import queue
 import signal
 import socket
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +46,7 @@ from typing import Any
 
 from cairn.errors import CairnError
 from cairn.files import metadata
+from cairn.files.procs import how_it_ended, kill, portable, receive, send
 from cairn.files.restore_files import FileJob, FileWriter
 from cairn.files.restore_state import RestoreSettings, Tally
 from cairn.files.tree import Node
@@ -57,9 +56,6 @@ BATCH_FILES = 32
 BATCH_BYTES = 8 * 1024 * 1024
 BATCHES_PER_WRITER = 2  # one being written, one waiting: a writer never idles for the walker
 PLAN_BLOBS = 1024  # blobs of one batch whose reads are coalesced (restore_reads); the rest read alone
-
-_LENGTH = struct.Struct("<Q")
-
 
 def writer_processes() -> int:
     """One writer process per core and one more, to write while another waits on the disk.
@@ -95,65 +91,11 @@ class RecordedTally(Tally):
         return calls
 
 
-def _send(sock: socket.socket, payload: bytes, fd: int | None = None) -> None:
-    """One message: its length (carrying the descriptor, if any), then its bytes."""
-    header = _LENGTH.pack(len(payload))
-    if fd is None:
-        sock.sendall(header)
-    else:
-        sent = socket.send_fds(sock, [header], [fd])
-        if sent < len(header):
-            sock.sendall(header[sent:])
-    sock.sendall(payload)
-
-
-def _exactly(sock: socket.socket, n: int, head: bytes = b"") -> bytes | None:
-    data = bytearray(head)
-    while len(data) < n:
-        part = sock.recv(n - len(data))
-        if not part:
-            return None
-        data += part
-    return bytes(data)
-
-
-def _receive(sock: socket.socket, with_fd: bool) -> tuple[bytes, int | None] | None:
-    """The next message and the descriptor that came with it; None at the end of the stream.
-    The length is read on its own, so a read never reaches into the next message (and its
-    descriptor)."""
-    fd = None
-    try:
-        if with_fd:
-            head, fds, _flags, _addr = socket.recv_fds(sock, _LENGTH.size, 1)
-            fd = fds[0] if fds else None
-        else:
-            head = sock.recv(_LENGTH.size)
-        header = _exactly(sock, _LENGTH.size, head) if head else None
-        payload = None if header is None else _exactly(sock, _LENGTH.unpack(header)[0])
-    except ConnectionResetError:  # the other side died with our last message unread
-        payload = None
-    if payload is None:
-        if fd is not None:
-            os.close(fd)
-        return None
-    return payload, fd
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """`exc` if it survives pickling, else a RuntimeError that names it."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:  # noqa: BLE001 - any failure to pickle
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
 def _serve(sock: socket.socket, writer: FileWriter, tally: RecordedTally) -> None:
     """A writer process: restore each batch the parent sends until it closes the socket."""
-    while (message := _receive(sock, with_fd=True)) is not None:
-        payload, folder = message
-        assert folder is not None
-        batch: list[tuple[Node, bytes, metadata.Created | None]] = pickle.loads(payload)
+    while (message := receive(sock, max_fds=1)) is not None:
+        batch: list[tuple[Node, bytes, metadata.Created | None]] = message[0]
+        (folder,) = message[1]
         results: list[tuple[bool, BaseException | None, list[tuple[str, tuple[Any, ...]]]]] = []
         crash: BaseException | None = None
         try:
@@ -162,13 +104,13 @@ def _serve(sock: socket.socket, writer: FileWriter, tally: RecordedTally) -> Non
                 try:
                     ok = writer.job(folder, node, rel, created)
                 except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
-                    crash = _portable(exc)
+                    crash = portable(exc)
                     results.append((False, crash, tally.take()))
                     break
                 results.append((ok, None, tally.take()))
         finally:
             os.close(folder)
-        _send(sock, pickle.dumps(results, pickle.HIGHEST_PROTOCOL))
+        send(sock, results)
         if crash is not None:
             return
 
@@ -286,7 +228,7 @@ class ProcessFileWriter:
                 job.end(False, self.crash)
             return
         try:
-            _send(writer.sock, pickle.dumps(batch, pickle.HIGHEST_PROTOCOL), self.folder)
+            send(writer.sock, batch, [self.folder])
         except OSError:  # the writer is gone: its reader ends these jobs with the others
             pass
 
@@ -301,7 +243,7 @@ class ProcessFileWriter:
         abandon = any(w.sent for w in self.writers) or bool(self.batch)
         for writer in self.writers:
             if abandon:
-                _kill(writer.pid)
+                kill(writer.pid)
             try:
                 writer.sock.shutdown(socket.SHUT_WR)  # the writer's end of stream: it exits
             except OSError:
@@ -320,8 +262,8 @@ class ProcessFileWriter:
         """Replay each batch's results, in the order sent; when the writer ends, reap it and
         end whatever it was still sent."""
         try:
-            while (message := _receive(writer.sock, with_fd=False)) is not None:
-                results = pickle.loads(message[0])
+            while (message := receive(writer.sock)) is not None:
+                results = message[0]
                 with self.lock:
                     jobs = writer.sent.popleft()
                     writer.files -= len(jobs)
@@ -334,14 +276,10 @@ class ProcessFileWriter:
                     job.end(False)
                 self.slots.put(None)
         except Exception as exc:  # noqa: BLE001 - a garbled reply: treated as the writer's end
-            _kill(writer.pid)
+            kill(writer.pid)
             writer.ended = f"its reply could not be read: {exc}"
         if not self.closing and self.crash is None:  # a writer ends early only when killed
-            # Looked at, not reaped: `close` reaps, so no pid of ours is ever reused before it.
-            info = os.waitid(os.P_PID, writer.pid, os.WEXITED | os.WNOWAIT)
-            assert info is not None  # only WNOHANG returns None
-            how = writer.ended or (f"killed by signal {info.si_status}" if info.si_code != os.CLD_EXITED
-                                   else f"exit status {info.si_status}")
+            how = writer.ended or how_it_ended(writer.pid)  # `close` reaps it
             self.crash = CairnError(f"restore writer process {writer.pid} ended unexpectedly ({how}); "
                                     "run the restore again to finish it")
         with self.lock:  # after self.crash is set: `flush` ends jobs with it once none is alive
@@ -358,10 +296,3 @@ class ProcessFileWriter:
                 getattr(self.tally, name)(*args)
             except BaseException as exc:  # noqa: BLE001 - the progress callback's own (Ctrl-C): the walk raises it
                 self.crash = self.crash or exc
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -247,7 +247,7 @@ class Repository:
         blob_id = blob_id or self.hasher(data)
         if self.has_blob(blob_id):
             return blob_id, False
-        sealed = seal_blob(self.sealer, blob_type, blob_id, data, self.config.compression_level)
+        sealed = self.seal(blob_type, blob_id, data)
         full = None
         with self._mutex:
             if blob_id in self._in_flight or blob_id in self.index:
@@ -262,12 +262,48 @@ class Repository:
 
     def _upload(self, builder: PackBuilder) -> None:
         self.relied.rely(builder.pack_id)
-        self.backend.store(object_name(builder.pack_id), builder.finish(self.sealer))
+        self.store_pack(builder)
+        self.add_pack(builder.pack_id, builder.entries)
+
+    # A backup's worker processes (files/pipeline_procs.py) each fill and store packs of their
+    # own; this process stays the one that decides which blobs are new and writes the index.
+
+    def claim_blobs(self, blobs: list[tuple[bytes, int]]) -> list[bool]:
+        """For each (id, size): whether the caller is to store that blob. Known blobs count as
+        relied on (as in `has_blob`); a new one is reserved, so that no other claim or
+        `save_blob` stores it too, until `add_pack` names the pack that holds it."""
+        self.load_index()
         with self._mutex:
-            for entry in builder.entries:
-                self.index.add(builder.pack_id, entry)
+            found = self.index.lookup_many([blob_id for blob_id, _ in blobs])
+            claims = []
+            for (blob_id, _), entry in zip(blobs, found):
+                if entry is not None:
+                    self.relied.rely(entry.pack_id)
+                    claims.append(False)
+                elif blob_id in self._in_flight:
+                    claims.append(False)
+                else:
+                    self._in_flight.add(blob_id)
+                    claims.append(True)
+        return claims
+
+    def seal(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bytes:
+        """A blob compressed, sealed and verified (`blob.seal_blob`), to add to a pack."""
+        return seal_blob(self.sealer, blob_type, blob_id, data, self.config.compression_level)
+
+    def store_pack(self, builder: PackBuilder) -> None:
+        """Write a filled pack to storage; nothing names it until `add_pack`."""
+        self.backend.store(object_name(builder.pack_id), builder.finish(self.sealer))
+
+    def add_pack(self, pack_id: bytes, entries: list[PackEntry]) -> None:
+        """Index a stored pack: its blobs are no longer in flight, and an index object names it
+        once INDEX_EVERY_PACKS packs wait (or at `flush`)."""
+        self.relied.rely(pack_id)
+        with self._mutex:
+            for entry in entries:
+                self.index.add(pack_id, entry)
                 self._in_flight.discard(entry.blob_id)
-            self._unsaved.append((builder.pack_id, builder.entries))
+            self._unsaved.append((pack_id, entries))
             write_index = len(self._unsaved) >= INDEX_EVERY_PACKS
         self._tell_listener()
         if write_index:

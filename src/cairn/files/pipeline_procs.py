@@ -1,0 +1,338 @@
+"""A backup's files read and stored by forked worker processes, each with its own GIL.
+
+Why: with reader and saver threads (pipeline.Pipeline) a first backup kept about one and a
+half of two cores busy. Opening, capturing metadata, reading, hashing and sealing are mostly
+Python or hold the GIL (AES-GCM in `cryptography` does), and every system call hands the GIL
+from one thread to another. Worker processes do the same work without waiting for each other.
+
+Shape: the walk (archiver) stays in this process and hands batches of files exactly as to the
+reader threads (`Pipeline.read_at`): a batch goes to the worker with the least work outstanding,
+with a copy of each folder's descriptor (SCM_RIGHTS), so a worker reaches files only relative
+to a folder the walk opened. A worker runs the threads' per-file code (`FileReader`: change
+detection, skip-and-list rules, chunking) and then, per batch (or every QUEUE_BYTES of a big
+file), asks this process which of the chunks it hashed are new (`Repository.claim_blobs`:
+this process alone decides what the repository has, so a blob two workers meet is stored once,
+and packs of other snapshots that the backup relies on are noted as with threads). It seals the
+new ones into a pack of its own and stores it; this process indexes each pack the worker
+reports (`Repository.add_pack`) and writes the index objects. Trees are stored here, by the walk.
+
+The content ids a batch's results carry may sit in a worker's unfinished pack: `flush` (before a
+checkpoint) and `close` have every worker store its pack and report it before anything refers
+to them in a snapshot.
+
+When: for a local folder only (an SSH or HTTP connection cannot be shared by two processes) and
+not for a dry run, which stores nothing. The workers fork when the walk starts, after the index
+is loaded, with `gc.freeze()` so that they share its pages; they leave by `os._exit`, never
+returning into this process's code (the repository lock!).
+
+Failures: a file's own problems (unreadable, changed twice) come back in its result as with the
+threads. Anything else in a worker (a full disk, a bug) is sent here and raised in the walk, and
+a worker that dies (killed, out of memory) fails the backup with one line naming it. Nothing is
+half-written: a pack is stored whole or not at all, and no snapshot refers to a blob whose pack
+was not reported. Ctrl-C reaches the walk only (workers ignore SIGINT), which checkpoints with
+the workers' help and then ends them.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import queue
+import signal
+import socket
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from cairn.errors import CairnError
+from cairn.files.pipeline import BATCH_FILES, FileReader, Pipeline, ReadResult, _Batch
+from cairn.files.procs import how_it_ended, kill, portable, receive, send
+from cairn.repo.blob import BlobType
+from cairn.repo.pack import PackBuilder
+from cairn.repo.repository import Repository
+
+BATCHES_PER_WORKER = 2  # one being read, one waiting: a worker never idles for the walk
+QUEUE_BYTES = 8 << 20
+"""A worker asks which of its chunks are new at the end of each batch, or sooner once this many
+bytes wait (a big file's chunks): that bounds its memory, and asking costs one round trip."""
+
+
+def worker_processes() -> int:
+    """One worker per core and one more, to read while another waits on the disk."""
+    return max(2, min(8, (os.cpu_count() or 2) + 1))
+
+
+# -- a worker process ------------------------------------------------------------------------
+
+class _Worker(FileReader):
+    """A worker's reader: chunks wait in `queue` until the parent says which are new, then the
+    new ones are sealed into this worker's own pack."""
+
+    def __init__(self, repo: Repository, sock: socket.socket) -> None:
+        super().__init__(repo.config.chunker)
+        self.repo = repo
+        self.sock = sock
+        self.inbox: deque[tuple[Any, list[int]]] = deque()  # batches that came during a claim
+        self.queue: list[tuple[int, bytes, bytes | memoryview]] = []
+        self.queued = 0
+        self.builder = PackBuilder()
+
+    def store(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
+        blob_id = self.repo.blob_id(data)
+        self.queue.append((blob_type, blob_id, data))
+        self.queued += len(data)
+        if self.queued >= QUEUE_BYTES:
+            self.settle()
+        return blob_id
+
+    def _hand(self, chunk: bytes | memoryview) -> Future[bytes]:
+        future: Future[bytes] = Future()
+        future.set_result(self.store(BlobType.DATA, chunk))
+        return future
+
+    def settle(self) -> None:
+        """Ask which queued blobs are new and pack those (stored packs are reported)."""
+        if not self.queue:
+            return
+        waiting, self.queue, self.queued = self.queue, [], 0
+        send(self.sock, ("claim", [(blob_id, len(data)) for _, blob_id, data in waiting]))
+        claims = self.reply("claimed")
+        pack_size = self.repo.config.pack_size
+        for (blob_type, blob_id, data), new in zip(waiting, claims):
+            if new:
+                self.builder.add(blob_type, blob_id, self.repo.seal(blob_type, blob_id, data), len(data))
+                if self.builder.size >= pack_size:
+                    self.finish_pack()
+
+    def finish_pack(self) -> None:
+        if len(self.builder):
+            builder, self.builder = self.builder, PackBuilder()
+            self.repo.store_pack(builder)
+            send(self.sock, ("pack", (builder.pack_id, builder.entries)))
+
+    def reply(self, kind: str) -> Any:
+        """The parent's next message of `kind`; batches sent meanwhile wait in the inbox."""
+        while (message := receive(self.sock, max_fds=BATCH_FILES)) is not None:
+            if message[0][0] == kind:
+                return message[0][1]
+            self.inbox.append(message)
+        raise EOFError("the backup ended while this worker waited for it")
+
+    def next_message(self) -> tuple[Any, list[int]] | None:
+        if self.inbox:
+            return self.inbox.popleft()
+        return receive(self.sock, max_fds=BATCH_FILES)
+
+    def serve(self) -> None:
+        """Read each batch sent until the parent closes the socket, then store the last pack."""
+        while (message := self.next_message()) is not None:
+            (kind, body), fds = message
+            if kind == "flush":
+                self.settle()
+                self.finish_pack()
+                send(self.sock, ("flushed", None))
+                continue
+            try:
+                results = self.read_files([(fds[at], name, st) for at, name, st in body])
+                self.settle()
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            for result in results:
+                if result.stored:
+                    result.content = [f.result() for f in result.stored]
+                    result.stored = []
+            read, self.bytes_read = self.bytes_read, 0
+            send(self.sock, ("results", (results, read)))
+        self.settle()
+        self.finish_pack()
+
+
+def _run_worker(repo: Repository, sock: socket.socket) -> None:
+    worker = _Worker(repo, sock)
+    try:
+        worker.serve()
+    except EOFError:
+        return  # the parent is gone or ending the backup: nothing to report to
+    except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+        try:
+            send(sock, ("crash", portable(exc)))
+        except OSError:
+            pass
+        raise
+
+
+# -- the parent's side -----------------------------------------------------------------------
+
+@dataclass
+class _Proc:
+    pid: int
+    sock: socket.socket
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    sent: deque[_Batch] = field(default_factory=deque)  # batches without results, oldest first
+    load: int = 0  # bytes (and a page per file) sent and not read yet
+    alive: bool = True  # until its reader sees it end
+    ended: str = ""  # why, when this process ended it
+    flushed: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    reader: threading.Thread | None = None
+
+
+class ProcessPipeline(Pipeline):
+    """`Pipeline`'s interface (read_at, submit, result, store, flush, close) over worker
+    processes; trees are still stored by `store`, in this process."""
+
+    def __init__(self, repo: Repository, processes: int) -> None:
+        super().__init__(repo, dry_run=False)
+        self.crash: BaseException | None = None
+        self.closing = False
+        self.lock = threading.Lock()
+        self.slots: queue.SimpleQueue[None] = queue.SimpleQueue()  # one token per batch that may be sent
+        self.procs: list[_Proc] = []
+        gc.freeze()  # the workers' collector then never walks (and so copies) this process's objects
+        try:
+            for _ in range(processes):
+                self.procs.append(self._fork())
+        except BaseException:
+            self.close(abort=True)
+            raise
+        finally:
+            gc.unfreeze()
+        for proc in self.procs:
+            proc.reader = threading.Thread(target=self._read, args=(proc,), daemon=True,
+                                           name=f"cairn-backup-proc-{proc.pid}")
+            proc.reader.start()
+            for _ in range(BATCHES_PER_WORKER):
+                self.slots.put(None)
+
+    def _fork(self) -> _Proc:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            code = 1
+            try:
+                ours.close()
+                for earlier in self.procs:  # else they would not see the parent's end
+                    earlier.sock.close()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the walk, which ends us
+                _run_worker(self.repo, theirs)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        return _Proc(pid, ours)
+
+    # -- the walker's side -------------------------------------------------------------------
+
+    def _submit(self, batch: _Batch, big: bool) -> None:
+        self.slots.get()  # blocks while every worker has BATCHES_PER_WORKER batches
+        batch.future = Future()
+        with self.lock:
+            alive = [p for p in self.procs if p.alive]
+            if alive:
+                proc = min(alive, key=lambda p: p.load)
+                proc.sent.append(batch)
+                proc.load += batch.size + 4096 * len(batch.files)
+        if not alive:  # each one's reader has set self.crash
+            assert self.crash is not None
+            self.slots.put(None)
+            batch.future.set_exception(self.crash)
+            return
+        folders: dict[int, int] = {}
+        files = [(folders.setdefault(fd, len(folders)), name, st) for fd, name, st in batch.files]
+        try:
+            with proc.send_lock:
+                send(proc.sock, ("batch", files), list(folders))
+        except OSError:  # the worker is gone: its reader fails this batch with the others
+            pass
+
+    def result(self, pending: Any) -> ReadResult:
+        if self.crash is not None:
+            raise self.crash
+        return super().result(pending)
+
+    def flush(self) -> None:
+        """Have every worker store its pack and report it, then write the index."""
+        if self.crash is not None:
+            raise self.crash
+        asked = [proc for proc in self.procs if proc.alive]
+        for proc in asked:
+            try:
+                with proc.send_lock:
+                    send(proc.sock, ("flush", None))
+            except OSError:
+                pass  # it is gone: its reader releases `flushed` when it sees that
+        for proc in asked:
+            proc.flushed.acquire()
+        if self.crash is not None:
+            raise self.crash
+        self.repo.flush()
+
+    def close(self, abort: bool = False) -> None:
+        """Let the workers store their last packs and end (or, with `abort`, end them at once);
+        raises what a worker failed with, unless aborting anyway."""
+        self.closing = True
+        super().close(abort)
+        for proc in self.procs:
+            if abort:
+                kill(proc.pid)
+            try:
+                proc.sock.shutdown(socket.SHUT_WR)  # the worker's end of stream
+            except OSError:
+                pass
+        for proc in self.procs:
+            if proc.reader is not None:
+                proc.reader.join()
+            os.waitpid(proc.pid, 0)
+            proc.sock.close()
+        if not abort and self.crash is not None:
+            raise self.crash
+
+    # -- a reader thread per worker ----------------------------------------------------------
+
+    def _read(self, proc: _Proc) -> None:
+        """Answer the worker's claims, index its packs and hand its results to the walk; when
+        it ends, fail whatever it was still sent."""
+        try:
+            while (message := receive(proc.sock)) is not None:
+                kind, body = message[0]
+                if kind == "claim":
+                    claims = self.repo.claim_blobs(body)
+                    with proc.send_lock:
+                        send(proc.sock, ("claimed", claims))
+                    added = [size for (_, size), new in zip(body, claims) if new]
+                    with self._lock:
+                        self.blobs_new += len(added)
+                        self.bytes_added += sum(added)
+                elif kind == "pack":
+                    self.repo.add_pack(*body)
+                elif kind == "results":
+                    results, read = body
+                    with self.lock:
+                        batch = proc.sent.popleft()
+                        proc.load -= batch.size + 4096 * len(batch.files)
+                    self._count(read)
+                    assert batch.future is not None
+                    batch.future.set_result(results)
+                    self.slots.put(None)
+                elif kind == "flushed":
+                    proc.flushed.release()
+                elif kind == "crash":
+                    self.crash = self.crash or body
+        except Exception as exc:  # noqa: BLE001 - storing the index failed, or a garbled message
+            self.crash = self.crash or exc
+            kill(proc.pid)
+            proc.ended = f"killed by cairn: {exc}"
+        if self.crash is None and not (self.closing and not proc.sent):
+            how = proc.ended or how_it_ended(proc.pid)  # `close` reaps it
+            self.crash = CairnError(f"backup worker process {proc.pid} ended unexpectedly ({how}); "
+                                    "nothing of this run was saved as a snapshot: run the backup again")
+        with self.lock:  # after self.crash is set: `_submit` fails batches with it once none is alive
+            proc.alive = False
+            left, proc.sent = list(proc.sent), deque()
+        proc.flushed.release()
+        for batch in left:
+            assert batch.future is not None
+            batch.future.set_exception(self.crash or CairnError("the backup was interrupted"))
+            self.slots.put(None)

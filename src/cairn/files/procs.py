@@ -1,0 +1,88 @@
+"""Messages between the walk and the forked processes that do its per-file work.
+
+Backups (pipeline_procs) and restores (restore_procs) hand files to forked processes, each
+with its own GIL, over a Unix socket pair: a message is a length, then a pickle, and may carry
+open descriptors (SCM_RIGHTS), so a child reaches files only relative to the folder the walk
+opened. Both sides are cairn processes forked from one another, so the pickles are trusted.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import struct
+from typing import Any
+
+_LENGTH = struct.Struct("<Q")
+
+
+def send(sock: socket.socket, message: Any, fds: list[int] | tuple[int, ...] = ()) -> None:
+    """One message: its length (carrying the descriptors, if any), then its pickle."""
+    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    header = _LENGTH.pack(len(payload))
+    if not fds:
+        sock.sendall(header)
+    else:
+        sent = socket.send_fds(sock, [header], list(fds))
+        if sent < len(header):
+            sock.sendall(header[sent:])
+    sock.sendall(payload)
+
+
+def _exactly(sock: socket.socket, n: int, head: bytes = b"") -> bytes | None:
+    data = bytearray(head)
+    while len(data) < n:
+        part = sock.recv(n - len(data))
+        if not part:
+            return None
+        data += part
+    return bytes(data)
+
+
+def receive(sock: socket.socket, max_fds: int = 0) -> tuple[Any, list[int]] | None:
+    """The next message and the descriptors that came with it; None at the end of the stream.
+    The length is read on its own, so a read never reaches into the next message (and its
+    descriptors)."""
+    fds: list[int] = []
+    try:
+        if max_fds:
+            head, fds, _flags, _addr = socket.recv_fds(sock, _LENGTH.size, max_fds)
+        else:
+            head = sock.recv(_LENGTH.size)
+        header = _exactly(sock, _LENGTH.size, head) if head else None
+        payload = None if header is None else _exactly(sock, _LENGTH.unpack(header)[0])
+    except ConnectionResetError:  # the other side died with our last message unread
+        payload = None
+    if payload is None:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return pickle.loads(payload), fds
+
+
+def portable(exc: BaseException) -> BaseException:
+    """`exc` if it survives pickling, else a RuntimeError that names it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any failure to pickle
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def how_it_ended(pid: int) -> str:
+    """Why child `pid` ended ("killed by signal 9"), looked at without reaping it: the caller
+    reaps later, so no pid of ours is reused while a thread may still signal it."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    assert info is not None  # only WNOHANG returns None
+    if info.si_code != os.CLD_EXITED:
+        return f"killed by signal {info.si_status}"
+    return f"exit status {info.si_status}"

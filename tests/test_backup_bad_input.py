@@ -139,9 +139,9 @@ def changing(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """Named files get bytes appended right after each of their first `n` reads (between the
     fstat before and the one after): a file written to while it is backed up."""
     times: dict[str, int] = {}
-    real = pipeline_mod.Pipeline._content
+    real = pipeline_mod.FileReader._content
 
-    def read_then_write(self: pipeline_mod.Pipeline, fd: int, size_hint: int) -> tuple[list[bytes], int]:
+    def read_then_write(self: pipeline_mod.FileReader, fd: int, size_hint: int) -> tuple[list[bytes], int]:
         result = real(self, fd, size_hint)
         name = os.readlink(f"/proc/self/fd/{fd}")
         if times.get(name, 0) > 0:
@@ -150,7 +150,7 @@ def changing(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
                 f.write(b"appended while being read\n")
         return result
 
-    monkeypatch.setattr(pipeline_mod.Pipeline, "_content", read_then_write)
+    monkeypatch.setattr(pipeline_mod.FileReader, "_content", read_then_write)
     yield times
 
 

@@ -21,9 +21,10 @@ checkpoint) and `close` have every worker store its pack and report it before an
 to them in a snapshot.
 
 When: for a local folder only (an SSH or HTTP connection cannot be shared by two processes) and
-not for a dry run, which stores nothing. The workers fork when the walk starts, after the index
-is loaded, with `gc.freeze()` so that they share its pages; they leave by `os._exit`, never
-returning into this process's code (the repository lock!).
+not for a dry run, which stores nothing; and only once the walk has handed over START_FILES
+files or START_BYTES, the first ones going to `Pipeline`'s threads. They fork after the index
+is loaded, so they share its pages (`gc.freeze()` keeps them shared), and leave by `os._exit`,
+never returning into this process's code (the repository lock!).
 
 Failures: a file's own problems (unreadable, changed twice) come back in its result as with the
 threads. Anything else in a worker (a full disk, a bug) is sent here and raised in the walk, and
@@ -57,6 +58,13 @@ BATCHES_PER_WORKER = 2  # one being read, one waiting: a worker never idles for 
 QUEUE_BYTES = 8 << 20
 """A worker asks which of its chunks are new at the end of each batch, or sooner once this many
 bytes wait (a big file's chunks): that bounds its memory, and asking costs one round trip."""
+
+
+START_FILES = 1000
+START_BYTES = 16 << 20
+"""Until the walk has handed over this many files or bytes, they are read by this process's
+threads (`Pipeline`): for a backup that small, forking the workers and passing messages costs
+more than the second core saves, and each worker would leave a pack of its own."""
 
 
 def worker_processes() -> int:
@@ -190,9 +198,15 @@ class ProcessPipeline(Pipeline):
         self.lock = threading.Lock()
         self.slots: queue.SimpleQueue[None] = queue.SimpleQueue()  # one token per batch that may be sent
         self.procs: list[_Proc] = []
+        self.processes = processes
+        self.handed = (0, 0)  # files and bytes handed to the threads, until the workers start
+
+    def _start(self) -> None:
+        """Fork the workers, once the walk has handed over START_FILES or START_BYTES: an
+        unchanged or small backup then forks none."""
         gc.freeze()  # the workers' collector then never walks (and so copies) this process's objects
         try:
-            for _ in range(processes):
+            for _ in range(self.processes):
                 self.procs.append(self._fork())
         except BaseException:
             self.close(abort=True)
@@ -226,6 +240,13 @@ class ProcessPipeline(Pipeline):
     # -- the walker's side -------------------------------------------------------------------
 
     def _submit(self, batch: _Batch, big: bool) -> None:
+        if not self.procs:
+            files, size = self.handed[0] + len(batch.files), self.handed[1] + batch.size
+            if files < START_FILES and size < START_BYTES:
+                self.handed = (files, size)
+                super()._submit(batch, big)
+                return
+            self._start()
         self.slots.get()  # blocks while every worker has BATCHES_PER_WORKER batches
         batch.future = Future()
         with self.lock:
@@ -286,6 +307,7 @@ class ProcessPipeline(Pipeline):
                 proc.reader.join()
             os.waitpid(proc.pid, 0)
             proc.sock.close()
+        self.procs = []
         if not abort and self.crash is not None:
             raise self.crash
 
@@ -299,8 +321,11 @@ class ProcessPipeline(Pipeline):
                 kind, body = message[0]
                 if kind == "claim":
                     claims = self.repo.claim_blobs(body)
-                    with proc.send_lock:
-                        send(proc.sock, ("claimed", claims))
+                    try:
+                        with proc.send_lock:
+                            send(proc.sock, ("claimed", claims))
+                    except OSError:
+                        continue  # it died after asking: the next receive sees its end
                     added = [size for (_, size), new in zip(body, claims) if new]
                     with self._lock:
                         self.blobs_new += len(added)

@@ -36,7 +36,6 @@ from cairn.repo import identity
 from cairn.repo.adopt import Adopted, adopt
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
-from cairn.storage.stack import is_remote
 from cairn.version import __version__
 
 KILL_AFTER_PACKS_ENV = "CAIRN_TEST_BACKUP_KILL_AFTER_PACKS"
@@ -258,8 +257,7 @@ def _archive_files(
     archive_options = ArchiveOptions(
         excluder=excluder, one_file_system=options.one_file_system, dry_run=options.dry_run,
         checkpoint_interval=options.checkpoint_interval, on_checkpoint=on_checkpoint, stop=options.stop,
-        # Forked workers share no connection, so only for a local folder (files/pipeline_procs.py).
-        processes=worker_processes() if not is_remote(repo.backend.properties.location) and hasattr(os, "fork") else 0,
+        processes=worker_processes() if repo.backend.properties.shared_with_forks and hasattr(os, "fork") else 0,
     )
     try:
         result = archive(repo, [os.fsdecode(p) for p in paths], progress, archive_options, parents, status)

@@ -50,6 +50,10 @@ class BackendProperties:
     """How many requests may usefully run at once."""
     atomic_replace: bool = True
     """Whether `store` over an existing name replaces it atomically."""
+    shared_with_forks: bool = False
+    """Whether a forked copy of this backend object stores into the very same storage on its
+    own: a local folder does; a network connection cannot be shared, and an in-memory store or a
+    test wrapper's counters would be the fork's own copy."""
 
 
 def check_name(name: str) -> str:

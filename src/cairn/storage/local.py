@@ -56,7 +56,7 @@ class LocalBackend:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.location = os.fspath(path)
         self._root = os.path.abspath(self.location)
-        self._properties = BackendProperties(location=self.location, connections=4)
+        self._properties = BackendProperties(location=self.location, connections=4, shared_with_forks=True)
 
     @property
     def properties(self) -> BackendProperties:

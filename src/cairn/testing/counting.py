@@ -3,6 +3,8 @@ what a cache or a read path saves (objects and bytes, by the object's first fold
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections import Counter
 from collections.abc import Iterator
 
@@ -19,7 +21,8 @@ class CountingBackend:
 
     @property
     def properties(self) -> BackendProperties:
-        return self.inner.properties
+        # Its counts are per process: a forked copy would keep its own.
+        return dataclasses.replace(self.inner.properties, shared_with_forks=False)
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         data = self.inner.load(name, offset, length)

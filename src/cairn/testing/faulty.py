@@ -15,6 +15,8 @@ after a real crash. The next "process" opens ``faulty.inner`` to see what surviv
 
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -122,7 +124,8 @@ class FaultyBackend:
 
     @property
     def properties(self) -> BackendProperties:
-        return self.inner.properties
+        # Its faults and counts are per process: a forked copy would keep its own.
+        return dataclasses.replace(self.inner.properties, shared_with_forks=False)
 
     def store(self, name: str, data: bytes | memoryview) -> None:
         rules = self._enter("store", name)

@@ -1,0 +1,172 @@
+"""Backups through worker processes (files/pipeline_procs), which `cairn backup` uses for a local
+repository: everything comes back as it was, a blob two workers meet is stored once, a killed
+worker fails the backup in one line, and Ctrl-C leaves a checkpoint the next run resumes from.
+A full disk met by a worker is in test_full_disk.py (the real CLI, so worker processes too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cairn.errors import CairnError
+from cairn.files import pipeline_procs
+from cairn.files.archiver import BackupStatus
+from cairn.ops.backup import BackupOptions, backup
+from cairn.ops.check import CheckOptions, check
+from cairn.ops.restore import RestoreOptions, restore
+from cairn.repo.blob import BlobType
+from cairn.repo.repository import Repository
+from cairn.storage.local import LocalBackend
+from conftest import FAST_KDF, SRC
+from test_restore_support import make_every_kind, rsync_differences
+
+FOLDERS, PER_FOLDER = 20, 100
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository.init(LocalBackend(tmp_path / "repo"), b"pw", FAST_KDF)
+
+
+def many_files(root: Path, seed: int = 3) -> Path:
+    """2,000 small files in 20 folders: more batches than the workers may hold at once."""
+    rng = random.Random(seed)
+    for d in range(FOLDERS):
+        folder = root / f"d{d:02d}"
+        folder.mkdir(parents=True)
+        for f in range(PER_FOLDER):
+            (folder / f"f{f:03d}").write_bytes(rng.randbytes(rng.randrange(0, 3000)))
+    return root
+
+
+def children() -> set[int]:
+    """Children of the main thread, which is where the backup forks its workers."""
+    return {int(pid) for pid in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()}
+
+
+def reopened(repo: Repository) -> Repository:
+    """The repository as another process sees it: only what was written."""
+    return Repository.open(LocalBackend(Path(repo.backend.properties.location)), b"pw")
+
+
+def restored(repo: Repository, snapshot_id: bytes, src: Path, target: Path) -> list[str]:
+    restore(repo, RestoreOptions(f"{snapshot_id.hex()}:{src}", str(target)))
+    return rsync_differences(src, target)
+
+
+def test_every_kind_of_entry_is_saved_through_worker_processes(repo: Repository, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    make_every_kind(src, sparse_size=64 * 1024 * 1024)
+    many_files(src / "many")
+    big = random.Random(1).randbytes(20 * 1024 * 1024)  # streamed: over twice the largest chunk
+    (src / "big.bin").write_bytes(big)
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def counted_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", counted_fork)
+    monkeypatch.setattr(pipeline_procs, "START_FILES", 0)  # every file through the workers
+    others = children()
+    result = backup(repo, BackupOptions([str(src)]))
+    assert len(forks) == pipeline_procs.worker_processes() >= 2
+    assert children() == others  # every worker was reaped
+    assert result.snapshot_id is not None and result.skipped == []
+    inodes = {(st.st_ino, st.st_size) for p in src.rglob("*") if p.is_file() and not p.is_symlink() for st in [p.stat()]}
+    assert result.bytes_read == sum(size for _, size in inodes)  # a hard link's file is read once
+    monkeypatch.setattr(os, "fork", real_fork)
+    again = reopened(repo)
+    assert check(again, CheckOptions(read_data=True)).ok
+    assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+
+
+def test_a_blob_met_by_several_workers_is_stored_once(repo: Repository, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    rng = random.Random(7)
+    contents = [rng.randbytes(1000), rng.randbytes(1024 * 1024), rng.randbytes(9 * 1024 * 1024)]
+    monkeypatch.setattr(pipeline_procs, "START_FILES", 0)
+    for d in range(8):  # the same three files in 8 folders, read by whichever worker is free
+        folder = src / f"copy{d:02d}"
+        folder.mkdir(parents=True)
+        for i, content in enumerate(contents):
+            (folder / f"file{i}").write_bytes(content)
+    result = backup(repo, BackupOptions([str(src)]))
+    assert result.snapshot_id is not None
+    again = reopened(repo)
+    again.load_index()
+    data = [e for e in again.index if e.blob_type == BlobType.DATA]
+    assert sum(e.raw_length for e in data) == sum(len(c) for c in contents)
+    assert len({e.blob_id for e in data}) == len(data)
+    assert result.bytes_added - sum(len(c) for c in contents) < 64 * 1024  # the rest is trees
+    assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+
+
+def test_a_killed_worker_fails_the_backup_in_one_line(repo: Repository, tmp_path: Path) -> None:
+    src = many_files(tmp_path / "src")
+    killed: list[int] = []
+    others = children()
+
+    def kill_one(status: BackupStatus) -> None:
+        if status.files >= 1500 and not killed:  # the workers start after 1,000
+            killed.append(min(children() - others))
+            os.kill(killed[0], signal.SIGKILL)
+
+    with pytest.raises(CairnError) as caught:
+        backup(repo, BackupOptions([str(src)]), progress=kill_one)
+    assert str(caught.value) == (f"backup worker process {killed[0]} ended unexpectedly (killed by signal 9); "
+                                 "nothing of this run was saved as a snapshot: run the backup again")
+    assert children() == others
+    again = reopened(repo)
+    assert again.list_snapshots() == []
+    result = backup(again, BackupOptions([str(src)]))
+    assert result.snapshot_id is not None
+    assert check(reopened(repo), CheckOptions(read_data=True)).ok
+    assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+
+
+def test_ctrl_c_checkpoints_stops_the_workers_and_the_next_run_resumes(repo: Repository, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole process group: the walk and the workers."""
+    src = tmp_path / "src"
+    for d in range(10):  # enough that the backup is still running when the signal comes
+        many_files(src / f"part{d}", seed=d)
+    env = {**os.environ, "CAIRN_PASSWORD": "pw", "PYTHONPATH": str(SRC), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "CAIRN_PROGRESS_FPS": "50"}
+    command = [sys.executable, "-m", "cairn", "-r", str(tmp_path / "repo"), "backup", "--json", str(src)]
+
+    def as_in_a_terminal() -> None:  # a shell without job control may have left SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, preexec_fn=as_in_a_terminal)
+    assert process.stdout is not None
+    for line in process.stdout:  # Ctrl-C once a tenth of the files were visited
+        status = json.loads(line)
+        if status["message_type"] == "status" and status["files_done"] >= FOLDERS * PER_FOLDER:
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "cairn: interrupted; the repository is left consistent, run the command again to continue"
+    with pytest.raises(ProcessLookupError):  # no worker is left behind
+        os.killpg(process.pid, 0)
+    assert list((tmp_path / "repo" / "locks").iterdir()) == []
+    assert check(reopened(repo), CheckOptions(read_data=True)).ok
+    again = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout.splitlines()[-1])
+    assert summary["resumed"] is True
+    assert 0 < summary["files_unmodified"] < 10 * FOLDERS * PER_FOLDER
+    assert restored(reopened(repo), bytes.fromhex(summary["snapshot_id"]), src, tmp_path / "out") == []

@@ -1,5 +1,9 @@
 """The threads between the walk and the repository: read files, cut chunks, store blobs.
 
+A backup into a local folder hands the files to worker processes instead, once it has more
+than a few (pipeline_procs.py); they run this module's per-file code (`FileReader`). Remote
+repositories, dry runs and streams use the threads below.
+
 Shape::
 
     walker (caller's thread)  --batches of small files-->  small-file readers (2)
@@ -353,6 +357,8 @@ class Pipeline(FileReader):
         self._chunks = threading.BoundedSemaphore(self.savers + 1)  # each saver busy, one waiting
         self._seen: set[bytes] = set()
         self._batch = _Batch()
+        self.batched_up_to = self.small
+        """Files up to this size share batches; a larger one is a batch of its own."""
         self.bytes_added = 0
         self.blobs_new = 0
 
@@ -364,7 +370,7 @@ class Pipeline(FileReader):
         has returned (the open happens in a reader, later)."""
         file = (dir_fd, name, st)
         size = st.st_size
-        if size <= self.small:
+        if size <= self.batched_up_to:
             batch = self._batch
             files = batch.files
             files.append(file)

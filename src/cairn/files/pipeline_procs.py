@@ -54,7 +54,7 @@ from cairn.repo.blob import BlobType
 from cairn.repo.pack import PackBuilder
 from cairn.repo.repository import Repository
 
-BATCHES_PER_WORKER = 2  # one being read, one waiting: a worker never idles for the walk
+BATCHES_PER_WORKER = 3  # one being read, two waiting: a worker never idles for the walk
 QUEUE_BYTES = 8 << 20
 """A worker asks which of its chunks are new at the end of each batch, or sooner once this many
 bytes wait (a big file's chunks): that bounds its memory, and asking costs one round trip."""
@@ -200,6 +200,9 @@ class ProcessPipeline(Pipeline):
         self.procs: list[_Proc] = []
         self.processes = processes
         self.handed = (0, 0)  # files and bytes handed to the threads, until the workers start
+        # Every file a worker reads whole shares a batch: a batch costs two round trips (the
+        # claim, the results), which took longer than reading a medium file alone.
+        self.batched_up_to = self.whole
 
     def _start(self) -> None:
         """Fork the workers, once the walk has handed over START_FILES or START_BYTES: an

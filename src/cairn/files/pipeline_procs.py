@@ -6,7 +6,10 @@ Python or hold the GIL (AES-GCM in `cryptography` does), and every system call h
 from one thread to another. Worker processes do the same work without waiting for each other.
 
 Shape: the walk (archiver) stays in this process and hands batches of files exactly as to the
-reader threads (`Pipeline.read_at`): a batch goes to the worker with the least work outstanding,
+reader threads (`Pipeline.read_at`), except files too big to read whole (over twice the largest
+chunk), which stay with this process's big-file reader and saver threads: one worker would seal
+a big file's chunks one after another on one core, where the savers use both (a 1 GiB file:
+CPU/wall 1.0 in a worker). A batch goes to the worker with the least work outstanding,
 with a copy of each folder's descriptor (SCM_RIGHTS), so a worker reaches files only relative
 to a folder the walk opened. A worker runs the threads' per-file code (`FileReader`: change
 detection, skip-and-list rules, chunking) and then, per batch (or every QUEUE_BYTES of a big
@@ -243,6 +246,9 @@ class ProcessPipeline(Pipeline):
     # -- the walker's side -------------------------------------------------------------------
 
     def _submit(self, batch: _Batch, big: bool) -> None:
+        if big:  # streamed: this process's big-file reader and savers seal its chunks in parallel
+            super()._submit(batch, big)
+            return
         if not self.procs:
             files, size = self.handed[0] + len(batch.files), self.handed[1] + batch.size
             if files < START_FILES and size < START_BYTES:

@@ -25,30 +25,12 @@ from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
 from conftest import FAST_KDF, SRC
-from test_restore_support import make_every_kind, rsync_differences
-
-FOLDERS, PER_FOLDER = 20, 100
+from test_restore_support import FOLDERS, PER_FOLDER, children, count_forks, make_every_kind, many_files, rsync_differences
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repository:
     return Repository.init(LocalBackend(tmp_path / "repo"), b"pw", FAST_KDF)
-
-
-def many_files(root: Path, seed: int = 3) -> Path:
-    """2,000 small files in 20 folders: more batches than the workers may hold at once."""
-    rng = random.Random(seed)
-    for d in range(FOLDERS):
-        folder = root / f"d{d:02d}"
-        folder.mkdir(parents=True)
-        for f in range(PER_FOLDER):
-            (folder / f"f{f:03d}").write_bytes(rng.randbytes(rng.randrange(0, 3000)))
-    return root
-
-
-def children() -> set[int]:
-    """Children of the main thread, which is where the backup forks its workers."""
-    return {int(pid) for pid in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()}
 
 
 def reopened(repo: Repository) -> Repository:
@@ -66,18 +48,9 @@ def test_every_kind_of_entry_is_saved_through_worker_processes(repo: Repository,
     src = tmp_path / "src"
     make_every_kind(src, sparse_size=64 * 1024 * 1024)
     many_files(src / "many")
-    big = random.Random(1).randbytes(20 * 1024 * 1024)  # streamed: over twice the largest chunk
+    big = random.Random(1).randbytes(20 * 1024 * 1024)  # streamed by the walk's big-file threads beside the workers
     (src / "big.bin").write_bytes(big)
-    forks: list[int] = []
-    real_fork = os.fork
-
-    def counted_fork() -> int:
-        pid = real_fork()
-        if pid:
-            forks.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", counted_fork)
+    forks = count_forks(monkeypatch)
     monkeypatch.setattr(pipeline_procs, "START_FILES", 0)  # every file through the workers
     others = children()
     result = backup(repo, BackupOptions([str(src)]))
@@ -86,7 +59,7 @@ def test_every_kind_of_entry_is_saved_through_worker_processes(repo: Repository,
     assert result.snapshot_id is not None and result.skipped == []
     inodes = {(st.st_ino, st.st_size) for p in src.rglob("*") if p.is_file() and not p.is_symlink() for st in [p.stat()]}
     assert result.bytes_read == sum(size for _, size in inodes)  # a hard link's file is read once
-    monkeypatch.setattr(os, "fork", real_fork)
+    monkeypatch.undo()  # the restore below forks its own writers
     again = reopened(repo)
     assert check(again, CheckOptions(read_data=True)).ok
     assert restored(again, result.snapshot_id, src, tmp_path / "out") == []

@@ -5,7 +5,6 @@ when a writer process is killed."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,9 +21,7 @@ from cairn.ops.restore import RestoreOptions, restore
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
 from conftest import FAST_KDF, SRC
-from test_restore_support import make_every_kind, rsync_differences, times
-
-FOLDERS, PER_FOLDER = 20, 100
+from test_restore_support import FOLDERS, PER_FOLDER, children, count_forks, make_every_kind, many_files, rsync_differences, times
 
 
 @pytest.fixture
@@ -32,27 +29,10 @@ def repo(tmp_path: Path) -> Repository:
     return Repository.init(LocalBackend(tmp_path / "repo"), b"pw", FAST_KDF)
 
 
-def many_files(root: Path) -> Path:
-    """2,000 small files in 20 folders: more batches than the writers may hold at once."""
-    rng = random.Random(3)
-    for d in range(FOLDERS):
-        folder = root / f"d{d:02d}"
-        folder.mkdir(parents=True)
-        for f in range(PER_FOLDER):
-            (folder / f"f{f:03d}").write_bytes(rng.randbytes(rng.randrange(0, 3000)))
-    return root
-
-
 def snapshot_of(repo: Repository, src: Path) -> str:
     result = backup(repo, BackupOptions([str(src)]))
     assert result.snapshot_id is not None
     return f"{result.snapshot_id.hex()}:{src}"
-
-
-def children() -> set[int]:
-    """Children of the main thread, which is where the restore forks its writers (and where
-    other tests started the servers they share)."""
-    return {int(pid) for pid in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()}
 
 
 def test_every_kind_of_entry_comes_back_through_writer_processes(repo: Repository, tmp_path: Path,
@@ -62,16 +42,7 @@ def test_every_kind_of_entry_comes_back_through_writer_processes(repo: Repositor
     many_files(src / "many")
     before = times(src)
     snap = snapshot_of(repo, src)
-    forks: list[int] = []
-    real_fork = os.fork
-
-    def counted_fork() -> int:
-        pid = real_fork()
-        if pid:
-            forks.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", counted_fork)
+    forks = count_forks(monkeypatch)
     others = children()
     target = tmp_path / "out"
     done = restore(repo, RestoreOptions(snap, str(target)))

@@ -239,3 +239,38 @@ def fake_node(**fields: object) -> Node:
     base: dict[str, object] = {"name": b"f", "type": FILE, "mode": 0o644}
     base.update(fields)
     return Node(**base)  # type: ignore[arg-type]
+
+
+FOLDERS, PER_FOLDER = 20, 100
+
+
+def many_files(root: Path, seed: int = 3) -> Path:
+    """2,000 small files in 20 folders: more batches than the writers or workers may hold at once."""
+    rng = random.Random(seed)
+    for d in range(FOLDERS):
+        folder = root / f"d{d:02d}"
+        folder.mkdir(parents=True)
+        for f in range(PER_FOLDER):
+            (folder / f"f{f:03d}").write_bytes(rng.randbytes(rng.randrange(0, 3000)))
+    return root
+
+
+def children() -> set[int]:
+    """Children of the main thread, which is where restores and backups fork their processes
+    (and where other tests started the servers they share)."""
+    return {int(pid) for pid in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()}
+
+
+def count_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the pid of every child `os.fork` makes in this process, in order."""
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def counted_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", counted_fork)
+    return forks

@@ -27,7 +27,8 @@ When: for a local folder only (an SSH or HTTP connection cannot be shared by two
 not for a dry run, which stores nothing; and only once the walk has handed over START_FILES
 files or START_BYTES, the first ones going to `Pipeline`'s threads. They fork after the index
 is loaded, so they share its pages (`gc.freeze()` keeps them shared), and leave by `os._exit`,
-never returning into this process's code (the repository lock!).
+never returning into this process's code (the repository lock!). A worker stores its last pack
+only when told to finish: if this process dies, its workers store nothing more.
 
 Failures: a file's own problems (unreadable, changed twice) come back in its result as with the
 threads. Anything else in a worker (a full disk, a bug) is sent here and raised in the walk, and
@@ -39,10 +40,8 @@ the workers' help and then ends them.
 
 from __future__ import annotations
 
-import gc
 import os
 import queue
-import signal
 import socket
 import threading
 from collections import deque
@@ -52,7 +51,7 @@ from typing import Any
 
 from cairn.errors import CairnError
 from cairn.files.pipeline import BATCH_FILES, FileReader, Pipeline, ReadResult, _Batch
-from cairn.files.procs import how_it_ended, kill, portable, receive, send
+from cairn.files.procs import fork_children, how_it_ended, kill, portable, receive, send
 from cairn.repo.blob import BlobType
 from cairn.repo.pack import PackBuilder
 from cairn.repo.repository import Repository
@@ -89,6 +88,7 @@ class _Worker(FileReader):
         self.queue: list[tuple[int, bytes, bytes | memoryview]] = []
         self.queued = 0
         self.builder = PackBuilder()
+        self.parent = os.getppid()
 
     def store(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
         blob_id = self.repo.blob_id(data)
@@ -119,6 +119,8 @@ class _Worker(FileReader):
 
     def finish_pack(self) -> None:
         if len(self.builder):
+            if os.getppid() != self.parent:
+                raise EOFError("the backup's process is gone: its lock no longer covers a new pack")
             builder, self.builder = self.builder, PackBuilder()
             self.repo.store_pack(builder)
             send(self.sock, ("pack", (builder.pack_id, builder.entries)))
@@ -137,12 +139,14 @@ class _Worker(FileReader):
         return receive(self.sock, max_fds=BATCH_FILES)
 
     def serve(self) -> None:
-        """Read each batch sent until the parent closes the socket, then store the last pack."""
+        """Read each batch sent until the parent says "finish", then store the last pack."""
         while (message := self.next_message()) is not None:
             (kind, body), fds = message
-            if kind == "flush":
+            if kind in ("flush", "finish"):
                 self.settle()
                 self.finish_pack()
+                if kind == "finish":
+                    return
                 send(self.sock, ("flushed", None))
                 continue
             try:
@@ -157,8 +161,8 @@ class _Worker(FileReader):
                     result.stored = []
             read, self.bytes_read = self.bytes_read, 0
             send(self.sock, ("results", (results, read)))
-        self.settle()
-        self.finish_pack()
+        # The end of the stream without "finish": the backup was abandoned or its process died.
+        # Nothing more is stored: its lock may be gone, and a pack stored now would be orphaned.
 
 
 def _run_worker(repo: Repository, sock: socket.socket) -> None:
@@ -177,13 +181,18 @@ def _run_worker(repo: Repository, sock: socket.socket) -> None:
 
 # -- the parent's side -----------------------------------------------------------------------
 
+def _weight(batch: _Batch) -> int:
+    """A batch's work, to choose the least busy worker: its bytes, and a page per file."""
+    return batch.size + 4096 * len(batch.files)
+
+
 @dataclass
 class _Proc:
     pid: int
     sock: socket.socket
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     sent: deque[_Batch] = field(default_factory=deque)  # batches without results, oldest first
-    load: int = 0  # bytes (and a page per file) sent and not read yet
+    load: int = 0  # the `_weight` of the batches sent and not read yet
     alive: bool = True  # until its reader sees it end
     ended: str = ""  # why, when this process ended it
     flushed: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
@@ -210,15 +219,11 @@ class ProcessPipeline(Pipeline):
     def _start(self) -> None:
         """Fork the workers, once the walk has handed over START_FILES or START_BYTES: an
         unchanged or small backup then forks none."""
-        gc.freeze()  # the workers' collector then never walks (and so copies) this process's objects
         try:
-            for _ in range(self.processes):
-                self.procs.append(self._fork())
+            self.procs = [_Proc(pid, sock) for pid, sock in fork_children(self.processes, self._serve)]
         except BaseException:
             self.close(abort=True)
             raise
-        finally:
-            gc.unfreeze()
         for proc in self.procs:
             proc.reader = threading.Thread(target=self._read, args=(proc,), daemon=True,
                                            name=f"cairn-backup-proc-{proc.pid}")
@@ -226,22 +231,8 @@ class ProcessPipeline(Pipeline):
             for _ in range(BATCHES_PER_WORKER):
                 self.slots.put(None)
 
-    def _fork(self) -> _Proc:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns
-            code = 1
-            try:
-                ours.close()
-                for earlier in self.procs:  # else they would not see the parent's end
-                    earlier.sock.close()
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the walk, which ends us
-                _run_worker(self.repo, theirs)
-                code = 0
-            finally:
-                os._exit(code)
-        theirs.close()
-        return _Proc(pid, ours)
+    def _serve(self, sock: socket.socket) -> None:  # in a worker
+        _run_worker(self.repo, sock)
 
     # -- the walker's side -------------------------------------------------------------------
 
@@ -250,9 +241,9 @@ class ProcessPipeline(Pipeline):
             super()._submit(batch, big)
             return
         if not self.procs:
-            files, size = self.handed[0] + len(batch.files), self.handed[1] + batch.size
-            if files < START_FILES and size < START_BYTES:
-                self.handed = (files, size)
+            handed = (self.handed[0] + len(batch.files), self.handed[1] + batch.size)
+            if handed[0] < START_FILES and handed[1] < START_BYTES:
+                self.handed = handed
                 super()._submit(batch, big)
                 return
             self._start()
@@ -263,7 +254,7 @@ class ProcessPipeline(Pipeline):
             if alive:
                 proc = min(alive, key=lambda p: p.load)
                 proc.sent.append(batch)
-                proc.load += batch.size + 4096 * len(batch.files)
+                proc.load += _weight(batch)
         if not alive:  # each one's reader has set self.crash
             assert self.crash is not None
             self.slots.put(None)
@@ -305,12 +296,15 @@ class ProcessPipeline(Pipeline):
         self.closing = True
         super().close(abort)
         for proc in self.procs:
-            if abort:
-                kill(proc.pid)
             try:
-                proc.sock.shutdown(socket.SHUT_WR)  # the worker's end of stream
+                if abort:
+                    kill(proc.pid)
+                else:
+                    with proc.send_lock:
+                        send(proc.sock, ("finish", None))  # store the last pack, then end
+                proc.sock.shutdown(socket.SHUT_WR)
             except OSError:
-                pass
+                pass  # it is gone already
         for proc in self.procs:
             if proc.reader is not None:
                 proc.reader.join()
@@ -345,7 +339,7 @@ class ProcessPipeline(Pipeline):
                     results, read = body
                     with self.lock:
                         batch = proc.sent.popleft()
-                        proc.load -= batch.size + 4096 * len(batch.files)
+                        proc.load -= _weight(batch)
                     self._count(read)
                     assert batch.future is not None
                     batch.future.set_result(results)

@@ -8,11 +8,13 @@ opened. Both sides are cairn processes forked from one another, so the pickles a
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 _LENGTH = struct.Struct("<Q")
@@ -60,6 +62,42 @@ def receive(sock: socket.socket, max_fds: int = 0) -> tuple[Any, list[int]] | No
             os.close(fd)
         return None
     return pickle.loads(payload), fds
+
+
+def fork_children(count: int, serve: Callable[[socket.socket], None]) -> list[tuple[int, socket.socket]]:
+    """Fork `count` children, each running `serve` on its end of a socket pair and then leaving
+    by `os._exit` (never returning into the parent's code: the repository lock!); returns each
+    one's (pid, the parent's end). A child ignores SIGINT: a terminal's Ctrl-C stops the walk,
+    which ends the children. `gc.freeze()` keeps their collectors from walking (and so
+    copying) the parent's objects, whose pages they share."""
+    children: list[tuple[int, socket.socket]] = []
+    gc.freeze()
+    try:
+        for _ in range(count):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    ours.close()
+                    for _, earlier in children:  # else they would not see the parent's end
+                        earlier.close()
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    serve(theirs)
+                    code = 0
+                finally:
+                    os._exit(code)
+            theirs.close()
+            children.append((pid, ours))
+    except BaseException:
+        for pid, sock in children:
+            kill(pid)
+            sock.close()
+            os.waitpid(pid, 0)
+        raise
+    finally:
+        gc.unfreeze()
+    return children
 
 
 def portable(exc: BaseException) -> BaseException:

@@ -33,10 +33,9 @@ once it has finished its batch, and exits.
 
 from __future__ import annotations
 
-import gc
+import functools
 import os
 import queue
-import signal
 import socket
 import threading
 from collections import deque
@@ -46,7 +45,7 @@ from typing import Any
 
 from cairn.errors import CairnError
 from cairn.files import metadata
-from cairn.files.procs import how_it_ended, kill, portable, receive, send
+from cairn.files.procs import fork_children, how_it_ended, kill, portable, receive, send
 from cairn.files.restore_files import FileJob, FileWriter
 from cairn.files.restore_state import RestoreSettings, Tally
 from cairn.files.tree import Node
@@ -115,6 +114,11 @@ def _serve(sock: socket.socket, writer: FileWriter, tally: RecordedTally) -> Non
             return
 
 
+def _run_writer(repo: Repository, settings: RestoreSettings, owner: bool, sock: socket.socket) -> None:
+    tally = RecordedTally()
+    _serve(sock, FileWriter(repo, settings, tally, owner), tally)
+
+
 class _BatchedJob(FileJob):
     """A file's job whose batch may not have been sent yet: waiting for it sends it first."""
 
@@ -158,40 +162,14 @@ class ProcessFileWriter:
         self.batch_jobs: list[FileJob] = []
         self.batch_bytes = 0
         self.folder = -1
-        self.writers: list[_Writer] = []
-        gc.freeze()  # the writers' collector then never walks (and so copies) the parent's objects
-        try:
-            for _ in range(processes):
-                self.writers.append(self._fork(repo, settings, owner))
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            gc.unfreeze()
+        serve = functools.partial(_run_writer, repo, settings, owner)
+        self.writers = [_Writer(pid, sock) for pid, sock in fork_children(processes, serve)]
         for writer in self.writers:
             writer.reader = threading.Thread(target=self._read, args=(writer,), daemon=True,
                                              name=f"cairn-restore-proc-{writer.pid}")
             writer.reader.start()
             for _ in range(BATCHES_PER_WRITER):
                 self.slots.put(None)
-
-    def _fork(self, repo: Repository, settings: RestoreSettings, owner: bool) -> _Writer:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:  # the writer process: never returns
-            code = 1
-            try:
-                ours.close()
-                for earlier in self.writers:  # else they would not see the parent's end
-                    earlier.sock.close()
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the walk, which ends us
-                tally = RecordedTally()
-                _serve(theirs, FileWriter(repo, settings, tally, owner), tally)
-                code = 0
-            finally:
-                os._exit(code)
-        theirs.close()
-        return _Writer(pid, ours)
 
     # -- the walker's side -------------------------------------------------------------------
     def start(self, parent: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> FileJob:

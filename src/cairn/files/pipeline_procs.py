@@ -219,11 +219,8 @@ class ProcessPipeline(Pipeline):
     def _start(self) -> None:
         """Fork the workers, once the walk has handed over START_FILES or START_BYTES: an
         unchanged or small backup then forks none."""
-        try:
-            self.procs = [_Proc(pid, sock) for pid, sock in fork_children(self.processes, self._serve)]
-        except BaseException:
-            self.close(abort=True)
-            raise
+        # On a failure here fork_children has ended the children it made; the walk closes us.
+        self.procs = [_Proc(pid, sock) for pid, sock in fork_children(self.processes, self._serve)]
         for proc in self.procs:
             proc.reader = threading.Thread(target=self._read, args=(proc,), daemon=True,
                                            name=f"cairn-backup-proc-{proc.pid}")

@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +42,23 @@ def reopened(repo: Repository) -> Repository:
     return Repository.open(LocalBackend(Path(repo.backend.properties.location)), b"pw")
 
 
+def pieces_sent(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None] = lambda: None) -> list[int]:
+    """From now on, the number of chunks in each piece of a big file this process sends to a
+    worker; `then` runs after the first one is sent."""
+    pieces: list[int] = []
+    real_send = pipeline_procs.send
+
+    def counted_send(sock: socket.socket, message: Any, fds: Any = ()) -> None:
+        real_send(sock, message, fds)
+        if message[0] == "chunks":
+            pieces.append(len(message[1]))
+            if len(pieces) == 1:
+                then()
+
+    monkeypatch.setattr(pipeline_procs, "send", counted_send)
+    return pieces
+
+
 def restored(repo: Repository, snapshot_id: bytes, src: Path, target: Path) -> list[str]:
     restore(repo, RestoreOptions(f"{snapshot_id.hex()}:{src}", str(target)))
     return rsync_differences(src, target)
@@ -48,13 +69,15 @@ def test_every_kind_of_entry_is_saved_through_worker_processes(repo: Repository,
     src = tmp_path / "src"
     make_every_kind(src, sparse_size=64 * 1024 * 1024)
     many_files(src / "many")
-    big = random.Random(1).randbytes(20 * 1024 * 1024)  # streamed by the walk's big-file threads beside the workers
+    big = random.Random(1).randbytes(20 * 1024 * 1024)  # cut by the walk's big-file reader, sealed by the workers
     (src / "big.bin").write_bytes(big)
     forks = count_forks(monkeypatch)
+    pieces = pieces_sent(monkeypatch)
     monkeypatch.setattr(pipeline_procs, "START_FILES", 0)  # every file through the workers
     others = children()
     result = backup(repo, BackupOptions([str(src)]))
     assert len(forks) == pipeline_procs.worker_processes() >= 2
+    assert len(pieces) >= 5 and sum(pieces) >= 20 * 1024 * 1024 // repo.config.chunker.max_size
     assert children() == others  # every worker was reaped
     assert result.snapshot_id is not None and result.skipped == []
     inodes = {(st.st_ino, st.st_size) for p in src.rglob("*") if p.is_file() and not p.is_symlink() for st in [p.stat()]}
@@ -102,6 +125,37 @@ def test_a_killed_worker_fails_the_backup_in_one_line(repo: Repository, tmp_path
     assert str(caught.value) == (f"backup worker process {killed[0]} ended unexpectedly (killed by signal 9); "
                                  "nothing of this run was saved as a snapshot: run the backup again")
     assert children() == others
+    again = reopened(repo)
+    assert again.list_snapshots() == []
+    result = backup(again, BackupOptions([str(src)]))
+    assert result.snapshot_id is not None
+    assert check(reopened(repo), CheckOptions(read_data=True)).ok
+    assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+
+
+def test_workers_killed_while_sealing_a_big_file_fail_the_backup_in_one_line(repo: Repository, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(random.Random(3).randbytes(64 * 1024 * 1024))
+    monkeypatch.setattr(pipeline_procs, "START_FILES", 0)
+    others = children()
+    killed: list[int] = []
+
+    def kill_the_workers() -> None:
+        killed.extend(children() - others)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+
+    pieces = pieces_sent(monkeypatch, then=kill_the_workers)
+    with pytest.raises(CairnError) as caught:
+        backup(repo, BackupOptions([str(src)]))
+    assert pieces and len(killed) == pipeline_procs.worker_processes()
+    assert re.fullmatch(r"backup worker process (\d+) ended unexpectedly \(killed by signal 9\); "
+                        r"nothing of this run was saved as a snapshot: run the backup again", str(caught.value))
+    assert int(str(caught.value).split()[3]) in killed
+    assert children() == others
+    monkeypatch.undo()
     again = reopened(repo)
     assert again.list_snapshots() == []
     result = backup(again, BackupOptions([str(src)]))

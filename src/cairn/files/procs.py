@@ -17,13 +17,18 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+_HEAD = struct.Struct("<QI")  # the pickle's length, how many raw buffers follow it
 _LENGTH = struct.Struct("<Q")
 
 
 def send(sock: socket.socket, message: Any, fds: list[int] | tuple[int, ...] = ()) -> None:
-    """One message: its length (carrying the descriptors, if any), then its pickle."""
-    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-    header = _LENGTH.pack(len(payload))
+    """One message: its header (carrying the descriptors, if any), its pickle, then the raw
+    bytes of each `pickle.PickleBuffer` in it. Those are not copied into the pickle: a big
+    file's chunks go to a worker as they are, and arrive as views of one buffer."""
+    buffers: list[pickle.PickleBuffer] = []
+    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL, buffer_callback=buffers.append)
+    raws = [buffer.raw() for buffer in buffers]
+    header = _HEAD.pack(len(payload), len(raws)) + b"".join(_LENGTH.pack(raw.nbytes) for raw in raws)
     if not fds:
         sock.sendall(header)
     else:
@@ -31,37 +36,53 @@ def send(sock: socket.socket, message: Any, fds: list[int] | tuple[int, ...] = (
         if sent < len(header):
             sock.sendall(header[sent:])
     sock.sendall(payload)
+    for raw in raws:
+        sock.sendall(raw)
 
 
-def _exactly(sock: socket.socket, n: int, head: bytes = b"") -> bytes | None:
-    data = bytearray(head)
-    while len(data) < n:
-        part = sock.recv(n - len(data))
+def _exactly(sock: socket.socket, n: int, head: bytes = b"") -> bytearray | None:
+    data = bytearray(n)
+    data[:len(head)] = head
+    view = memoryview(data)
+    got = len(head)
+    while got < n:
+        part = sock.recv_into(view[got:])
         if not part:
             return None
-        data += part
-    return bytes(data)
+        got += part
+    return data
 
 
 def receive(sock: socket.socket, max_fds: int = 0) -> tuple[Any, list[int]] | None:
     """The next message and the descriptors that came with it; None at the end of the stream.
-    The length is read on its own, so a read never reaches into the next message (and its
+    The header is read on its own, so a read never reaches into the next message (and its
     descriptors)."""
     fds: list[int] = []
+    message = None
     try:
         if max_fds:
-            head, fds, _flags, _addr = socket.recv_fds(sock, _LENGTH.size, max_fds)
+            head, fds, _flags, _addr = socket.recv_fds(sock, _HEAD.size, max_fds)
         else:
-            head = sock.recv(_LENGTH.size)
-        header = _exactly(sock, _LENGTH.size, head) if head else None
-        payload = None if header is None else _exactly(sock, _LENGTH.unpack(header)[0])
-    except ConnectionResetError:  # the other side died with our last message unread
-        payload = None
-    if payload is None:
+            head = sock.recv(_HEAD.size)
+        header = _exactly(sock, _HEAD.size, head) if head else None
+        if header is not None:
+            length, count = _HEAD.unpack(header)
+            sizes = struct.unpack(f"<{count}Q", _exactly(sock, _LENGTH.size * count) or b"") if count else ()
+            data = _exactly(sock, length + sum(sizes))
+            if data is not None:
+                view = memoryview(data)
+                buffers, at = [], length
+                for size in sizes:
+                    buffers.append(view[at:at + size])
+                    at += size
+                message = pickle.loads(view[:length], buffers=buffers)
+    except (ConnectionResetError, struct.error):  # the other side died with our last message unread
+        message = None
+    if message is None:
         for fd in fds:
             os.close(fd)
         return None
-    return pickle.loads(payload), fds
+    return message, fds
 
 
 def fork_children(count: int, serve: Callable[[socket.socket], None]) -> list[tuple[int, socket.socket]]:

@@ -25,6 +25,7 @@ from cairn.errors import (
     UsageError,
     WrongPassword,
 )
+from cairn.files import pipeline_procs
 from cairn.files.tree import Node, decode_tree, encode_tree
 from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.check import CheckOptions, check
@@ -285,13 +286,21 @@ def break_sealer(monkeypatch: pytest.MonkeyPatch, bad_aad: list[bytes]) -> None:
                 sealed[len(sealed) // 2] ^= 0x10
             return bytes(sealed)
 
+        def encrypt_into(self, nonce: bytes, plaintext: bytes, aad: bytes, out: memoryview) -> None:
+            self.aead.encrypt_into(nonce, plaintext, aad, out)  # a backup worker seals into its pack
+            if aad in bad_aad:
+                out[len(out) // 2] ^= 0x10
+
         def decrypt(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
             return self.aead.decrypt(nonce, sealed, aad)
+
+        def decrypt_into(self, nonce: bytes, sealed: bytes, aad: bytes, out: memoryview) -> None:
+            self.aead.decrypt_into(nonce, sealed, aad, out)
 
     monkeypatch.setattr(crypto_mod, "AESGCM", Wrong)
 
 
-@pytest.mark.parametrize("fault", ["compressor", "sealer"])
+@pytest.mark.parametrize("fault", ["compressor", "sealer", "sealer in a backup worker"])
 def test_a_blob_that_does_not_verify_is_never_uploaded(
     fault: str, tmp_path: Path, repo_dir: Path, data: Path, cli: CliRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,6 +313,8 @@ def test_a_blob_that_does_not_verify_is_never_uploaded(
             break_compressor(patch, BAD_CONTENT)
         else:
             break_sealer(patch, [blob_aad(BlobType.DATA, bad_id)])
+            if fault == "sealer in a backup worker":  # it seals into its pack (Sealer.seal_into)
+                patch.setattr(pipeline_procs, "START_FILES", 0)
         failed = cli("-r", str(repo_dir), "backup", str(data))
     assert failed.exit_code == DamagedObject.exit_code
     line = one_line_error(failed)

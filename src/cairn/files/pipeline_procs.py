@@ -120,7 +120,7 @@ class _Worker(FileReader):
         pack_size = self.repo.config.pack_size
         for (blob_type, blob_id, data), new in zip(waiting, claims):
             if new:
-                self.builder.add(blob_type, blob_id, self.repo.seal(blob_type, blob_id, data), len(data))
+                self.repo.seal_into(self.builder, blob_type, blob_id, data)
                 if self.builder.size >= pack_size:
                     self.finish_pack()
 
@@ -128,9 +128,10 @@ class _Worker(FileReader):
         if len(self.builder):
             if os.getppid() != self.parent:
                 raise EOFError("the backup's process is gone: its lock no longer covers a new pack")
-            builder, self.builder = self.builder, PackBuilder()
+            builder = self.builder
             self.repo.store_pack(builder)
             send(self.sock, ("pack", (builder.pack_id, builder.entries)))
+            self.builder = PackBuilder(reuse=builder)
 
     def reply(self, kind: str) -> Any:
         """The parent's next message of `kind`; batches sent meanwhile wait in the inbox."""

@@ -59,17 +59,45 @@ class Sealer:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
+    def seal_into(self, plaintext: bytes | memoryview, aad: bytes, out: memoryview) -> None:
+        """`seal` written into `out`, exactly OVERHEAD + len(plaintext) bytes (a pack's next
+        bytes): no sealed copy is made, to be copied into the pack again."""
+        nonce = os.urandom(NONCE_SIZE)
+        out[:NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, plaintext, aad, out[NONCE_SIZE:])
+
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         """Decrypt and authenticate; `what` names the object in the error a user sees."""
-        if len(sealed) < OVERHEAD:
-            raise DamagedObject(f"{what} is damaged: {len(sealed)} bytes is too short")
-        view = memoryview(sealed)  # slices of a view copy nothing: a 4 MiB blob is not copied first
+        view = _sealed_view(sealed, what)
         try:
             return self._aead.decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], aad)
         except InvalidTag:
-            raise DamagedObject(
-                f"{what} is damaged or was changed: authentication failed"
-            ) from None
+            raise _forged(what) from None
+
+    def open_into(self, sealed: bytes | memoryview, aad: bytes, what: str, into: bytearray) -> memoryview:
+        """`open` into `into` (grown if short), returning a view of the plaintext there: for a
+        check that drops the plaintext at once, a reused buffer needs no fresh memory."""
+        view = _sealed_view(sealed, what)
+        length = len(view) - OVERHEAD
+        if len(into) < length:
+            into += bytes(length - len(into))
+        out = memoryview(into)[:length]
+        try:
+            self._aead.decrypt_into(view[:NONCE_SIZE], view[NONCE_SIZE:], aad, out)
+        except InvalidTag:
+            out.release()
+            raise _forged(what) from None
+        return out
+
+
+def _sealed_view(sealed: bytes | memoryview, what: str) -> memoryview:
+    if len(sealed) < OVERHEAD:
+        raise DamagedObject(f"{what} is damaged: {len(sealed)} bytes is too short")
+    return memoryview(sealed)  # slices of a view copy nothing: a 4 MiB blob is not copied first
+
+
+def _forged(what: str) -> DamagedObject:
+    return DamagedObject(f"{what} is damaged or was changed: authentication failed")
 
 
 class BlobHasher:

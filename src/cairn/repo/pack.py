@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cairn.errors import DamagedObject
@@ -48,25 +49,54 @@ class PackEntry:
 
 
 class PackBuilder:
-    """Collects sealed blobs in memory until the pack is full enough to upload."""
+    """Collects sealed blobs in memory until the pack is full enough to upload.
 
-    def __init__(self) -> None:
+    A writer that fills one pack after another hands each one's buffer on to the next
+    (`reuse`): a buffer grown afresh per pack had every page faulted in again, with the sealed
+    copies added to it a third of a backup worker's page faults (perf). Blobs can be sealed
+    straight into it (`add_filled`).
+    """
+
+    def __init__(self, reuse: PackBuilder | None = None) -> None:
         self.pack_id = new_pack_id()
-        self._buffer = bytearray()
+        self._buffer: bytearray = bytearray() if reuse is None else reuse._buffer
+        self._size = 0
         self.entries: list[PackEntry] = []
 
     @property
     def size(self) -> int:
-        return len(self._buffer)
+        return self._size
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> PackEntry:
-        entry = PackEntry(blob_type, blob_id, len(self._buffer), len(sealed), raw_length)
-        self._buffer += sealed
+    def add(self, blob_type: int, blob_id: bytes, sealed: bytes | memoryview, raw_length: int) -> PackEntry:
+        entry = PackEntry(blob_type, blob_id, self._size, len(sealed), raw_length)
+        self._append(sealed)
         self.entries.append(entry)
         return entry
+
+    def add_filled(self, blob_type: int, blob_id: bytes, length: int, raw_length: int,
+                   fill: Callable[[memoryview], None]) -> PackEntry:
+        """Add a blob of `length` sealed bytes that `fill` writes into the pack's next bytes
+        itself; if it raises, nothing is added."""
+        entry = PackEntry(blob_type, blob_id, self._size, length, raw_length)
+        with self._next(length) as out:
+            fill(out)
+        self._size += length
+        self.entries.append(entry)
+        return entry
+
+    def _next(self, length: int) -> memoryview:
+        end = self._size + length
+        if end > len(self._buffer):
+            self._buffer += bytes(end - len(self._buffer))
+        return memoryview(self._buffer)[self._size:end]
+
+    def _append(self, data: bytes | memoryview) -> None:
+        with self._next(len(data)) as out:
+            out[:] = data
+        self._size += len(data)
 
     def finish(self, sealer: Sealer) -> memoryview:
         """The complete pack object's bytes (a view of the builder's buffer: no 16 MiB copy)."""
@@ -74,9 +104,9 @@ class PackBuilder:
         for e in self.entries:
             header += RECORD.pack(e.blob_type, e.blob_id, e.length, e.raw_length)
         sealed = sealer.seal(header, header_aad(self.pack_id))
-        self._buffer += sealed
-        self._buffer += TRAILER.pack(len(sealed))
-        return memoryview(self._buffer)
+        self._append(sealed)
+        self._append(TRAILER.pack(len(sealed)))
+        return memoryview(self._buffer)[:self._size]
 
 
 def header_tail_size(pack_size: int) -> int:

@@ -20,8 +20,8 @@ from cairn.repo import index as index_mod
 from cairn.repo import keys as keys_mod
 from cairn.repo import lock as lock_mod
 from cairn.repo import snapshot as snapshot_mod
-from cairn.repo.blob import open_blob, seal_blob
-from cairn.repo.crypto import BlobHasher, MasterKey, Sealer
+from cairn.repo.blob import blob_plaintext, open_blob, seal_blob, seal_blob_into
+from cairn.repo.crypto import OVERHEAD, BlobHasher, MasterKey, Sealer
 from cairn.repo.index import BlobIndex, IndexEntry
 from cairn.repo.relied import ReliedPacks
 from cairn.repo.pack import PackBuilder, PackEntry, object_name, parse_header, header_tail_size
@@ -290,6 +290,12 @@ class Repository:
     def seal(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bytes:
         """A blob compressed, sealed and verified (`blob.seal_blob`), to add to a pack."""
         return seal_blob(self.sealer, blob_type, blob_id, data, self.config.compression_level)
+
+    def seal_into(self, builder: PackBuilder, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> None:
+        """`seal` straight into `builder`'s buffer (a backup worker's own pack): no sealed copy."""
+        plaintext = blob_plaintext(data, self.config.compression_level)
+        builder.add_filled(blob_type, blob_id, OVERHEAD + len(plaintext), len(data),
+                           lambda out: seal_blob_into(self.sealer, blob_type, blob_id, data, plaintext, out))
 
     def store_pack(self, builder: PackBuilder) -> None:
         """Write a filled pack to storage; nothing names it until `add_pack`."""

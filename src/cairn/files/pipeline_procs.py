@@ -96,6 +96,7 @@ class _Worker(FileReader):
         self.queued = 0
         self.builder = PackBuilder()
         self.parent = os.getppid()
+        self.spare: bytearray | None = None  # a piece's receive buffer, once its chunks are sealed
 
     def store(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
         blob_id = self.repo.blob_id(data)
@@ -135,7 +136,7 @@ class _Worker(FileReader):
 
     def reply(self, kind: str) -> Any:
         """The parent's next message of `kind`; batches sent meanwhile wait in the inbox."""
-        while (message := receive(self.sock, max_fds=BATCH_FILES)) is not None:
+        while (message := self.receive()) is not None:
             if message[0][0] == kind:
                 return message[0][1]
             self.inbox.append(message)
@@ -144,7 +145,18 @@ class _Worker(FileReader):
     def next_message(self) -> tuple[Any, list[int]] | None:
         if self.inbox:
             return self.inbox.popleft()
-        return receive(self.sock, max_fds=BATCH_FILES)
+        return self.receive()
+
+    def receive(self) -> tuple[Any, list[int]] | None:
+        return receive(self.sock, max_fds=BATCH_FILES, buffer_for=self.spare_for)
+
+    def spare_for(self, size: int) -> bytearray | None:
+        """The spare buffer for a message of `size` bytes, if that is a piece it can hold."""
+        spare = self.spare
+        if spare is None or size < PIECE_BYTES or size > len(spare):
+            return None
+        self.spare = None
+        return spare
 
     def serve(self) -> None:
         """Read each batch sent until the parent says "finish", then store the last pack."""
@@ -159,8 +171,10 @@ class _Worker(FileReader):
                 continue
             if kind == "chunks":  # a piece of a big file the parent cut: ids in order
                 ids = [self.store(BlobType.DATA, chunk) for chunk in body]
-                self.settle()
+                self.settle()  # sealed: the chunks' buffer may take the next piece
                 send(self.sock, ("results", (ids, 0)))
+                if body and (self.spare is None or len(body[0].obj) > len(self.spare)):
+                    self.spare = body[0].obj
                 continue
             try:
                 results = self.read_files([(fds[at], name, st) for at, name, st in body])

@@ -63,7 +63,8 @@ from cairn.repo.repository import Repository
 BATCHES_PER_WORKER = 3  # one being read, two waiting: a worker never idles for the walk
 QUEUE_BYTES = 8 << 20
 """A worker asks which of its chunks are new at the end of each batch, or sooner once this many
-bytes wait (a big file's chunks): that bounds its memory, and asking costs one round trip."""
+bytes wait (a file that grew too big to read whole while it was read): that bounds its memory,
+and asking costs one round trip."""
 
 
 PIECE_BYTES = 4 << 20
@@ -224,7 +225,7 @@ class _Piece(_Batch):
         self.chunks: list[Future[bytes]] = []
         self.data: list[bytes] = []
 
-    def settle(self, future: Future[list[bytes]]) -> None:
+    def deliver(self, future: Future[list[bytes]]) -> None:
         exc = future.exception()
         for at, chunk in enumerate(self.chunks):
             if exc is not None:
@@ -300,7 +301,7 @@ class ProcessPipeline(Pipeline):
         self.slots.get()  # blocks while every worker has BATCHES_PER_WORKER batches
         future: Future[Any] = Future()
         if isinstance(batch, _Piece):
-            future.add_done_callback(batch.settle)
+            future.add_done_callback(batch.deliver)
         batch.future = future
         with self.lock:
             alive = [p for p in self.procs if p.alive]

@@ -64,6 +64,16 @@ def restored(repo: Repository, snapshot_id: bytes, src: Path, target: Path) -> l
     return rsync_differences(src, target)
 
 
+def nothing_saved_and_a_rerun_completes(repo: Repository, src: Path, target: Path) -> None:
+    """After a failed backup: no snapshot, and the same backup run again stores it all."""
+    again = reopened(repo)
+    assert again.list_snapshots() == []
+    result = backup(again, BackupOptions([str(src)]))
+    assert result.snapshot_id is not None
+    assert check(reopened(repo), CheckOptions(read_data=True)).ok
+    assert restored(again, result.snapshot_id, src, target) == []
+
+
 def test_every_kind_of_entry_is_saved_through_worker_processes(repo: Repository, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"
@@ -125,12 +135,7 @@ def test_a_killed_worker_fails_the_backup_in_one_line(repo: Repository, tmp_path
     assert str(caught.value) == (f"backup worker process {killed[0]} ended unexpectedly (killed by signal 9); "
                                  "nothing of this run was saved as a snapshot: run the backup again")
     assert children() == others
-    again = reopened(repo)
-    assert again.list_snapshots() == []
-    result = backup(again, BackupOptions([str(src)]))
-    assert result.snapshot_id is not None
-    assert check(reopened(repo), CheckOptions(read_data=True)).ok
-    assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+    nothing_saved_and_a_rerun_completes(repo, src, tmp_path / "out")
 
 
 def test_workers_killed_while_sealing_a_big_file_fail_the_backup_in_one_line(repo: Repository, tmp_path: Path,
@@ -156,12 +161,7 @@ def test_workers_killed_while_sealing_a_big_file_fail_the_backup_in_one_line(rep
     assert int(str(caught.value).split()[3]) in killed
     assert children() == others
     monkeypatch.undo()
-    again = reopened(repo)
-    assert again.list_snapshots() == []
-    result = backup(again, BackupOptions([str(src)]))
-    assert result.snapshot_id is not None
-    assert check(reopened(repo), CheckOptions(read_data=True)).ok
-    assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+    nothing_saved_and_a_rerun_completes(repo, src, tmp_path / "out")
 
 
 def test_ctrl_c_checkpoints_stops_the_workers_and_the_next_run_resumes(repo: Repository, tmp_path: Path) -> None:

@@ -137,11 +137,13 @@ check gets one of its own."""
 
 
 def _scratch(size: int) -> bytearray:
+    """At least `size` bytes: this thread's buffer, replaced (never resized: a view of it may
+    outlive a failed check) when too small."""
     if size > SCRATCH_MAX:
-        return bytearray()
+        return bytearray(size)
     scratch = getattr(_local, "scratch", None)
-    if scratch is None:
-        scratch = _local.scratch = bytearray()
+    if scratch is None or len(scratch) < size:
+        scratch = _local.scratch = bytearray(size)
     return scratch
 
 

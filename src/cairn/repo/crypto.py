@@ -75,13 +75,11 @@ class Sealer:
             raise _forged(what) from None
 
     def open_into(self, sealed: bytes | memoryview, aad: bytes, what: str, into: bytearray) -> memoryview:
-        """`open` into `into` (grown if short), returning a view of the plaintext there: for a
-        check that drops the plaintext at once, a reused buffer needs no fresh memory."""
+        """`open` into `into` (at least len(sealed) - OVERHEAD bytes), returning a view of the
+        plaintext there: for a check that drops the plaintext at once, a reused buffer needs no
+        fresh memory."""
         view = _sealed_view(sealed, what)
-        length = len(view) - OVERHEAD
-        if len(into) < length:
-            into += bytes(length - len(into))
-        out = memoryview(into)[:length]
+        out = memoryview(into)[:len(view) - OVERHEAD]
         try:
             self._aead.decrypt_into(view[:NONCE_SIZE], view[NONCE_SIZE:], aad, out)
         except InvalidTag:

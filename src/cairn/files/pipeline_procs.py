@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cairn.errors import CairnError
+from cairn.files.chunker import RawReader
 from cairn.files.pipeline import BATCH_FILES, Aborted, FileReader, Pipeline, ReadResult, _Batch
 from cairn.files.procs import fork_children, how_it_ended, kill, portable, receive, send
 from cairn.repo.blob import BlobType
@@ -227,6 +228,8 @@ class _Piece(_Batch):
 
     def deliver(self, future: Future[list[bytes]]) -> None:
         exc = future.exception()
+        if exc is None and len(future.result()) != len(self.chunks):  # never left unanswered
+            exc = CairnError(f"a backup worker gave {len(future.result())} ids for {len(self.chunks)} chunks")
         for at, chunk in enumerate(self.chunks):
             if exc is not None:
                 chunk.set_exception(exc)
@@ -297,7 +300,11 @@ class ProcessPipeline(Pipeline):
         self._send(batch, ("batch", files), list(folders))
 
     def _send(self, batch: _Batch, message: tuple[str, Any], fds: list[int]) -> None:
-        """Send `batch` to the least busy worker, whose results will set its (new) future."""
+        """Send `batch` to the least busy worker, whose results will set its (new) future.
+
+        The walk (batches) and the readers (pieces) send from different threads, and a worker
+        answers in the order it received: so a batch joins the worker's `sent` under its send
+        lock, in the order of sending."""
         self.slots.get()  # blocks while every worker has BATCHES_PER_WORKER batches
         future: Future[Any] = Future()
         if isinstance(batch, _Piece):
@@ -305,28 +312,31 @@ class ProcessPipeline(Pipeline):
         batch.future = future
         with self.lock:
             alive = [p for p in self.procs if p.alive]
-            if alive:
-                proc = min(alive, key=lambda p: p.load)
-                proc.sent.append(batch)
-                proc.load += _weight(batch)
-        if not alive:  # each one's reader has set self.crash
-            assert self.crash is not None
-            self.slots.put(None)
-            future.set_exception(self.crash)
-            return
-        try:
+            proc = min(alive, key=lambda p: p.load) if alive else None
+        if proc is not None:
             with proc.send_lock:
-                send(proc.sock, message, fds)
-        except OSError:  # the worker is gone: its reader fails this batch with the others
-            pass
+                with self.lock:
+                    queued = proc.alive  # else its reader has failed what it was sent
+                    if queued:
+                        proc.sent.append(batch)
+                        proc.load += _weight(batch)
+                if queued:
+                    try:
+                        send(proc.sock, message, fds)
+                    except OSError:  # the worker is gone: its reader fails this batch with the others
+                        pass
+                    return
+        # No worker left: each one's reader set self.crash before it counted as gone.
+        self.slots.put(None)
+        future.set_exception(self.crash or CairnError("the backup's worker processes ended"))
 
     # -- the big-file reader's side ----------------------------------------------------------
 
     def _hand(self, chunk: bytes | memoryview) -> Future[bytes]:
         """Once the workers run, a big file's chunks go to them in pieces (hashing, compressing
         and sealing on every core) instead of to this process's savers (which share one GIL)."""
-        if not self.procs:
-            return super()._hand(chunk)
+        if not (self.procs and getattr(self._local, "streaming", False)):
+            return super()._hand(chunk)  # before the workers started, or a medium file read whole
         piece = getattr(self._local, "piece", None)
         if piece is None:
             piece = self._local.piece = _Piece()
@@ -338,10 +348,12 @@ class ProcessPipeline(Pipeline):
             self._send_piece()
         return future
 
-    def _content(self, fd: int, size_hint: int) -> tuple[list[bytes], list[Future[bytes]], int]:
+    def _chunked(self, rest: RawReader, head: bytes) -> tuple[list[Future[bytes]], int]:
+        self._local.streaming = True
         try:
-            return super()._content(fd, size_hint)
+            return super()._chunked(rest, head)
         finally:
+            self._local.streaming = False
             self._send_piece()  # the file's last chunks
 
     def _send_piece(self) -> None:

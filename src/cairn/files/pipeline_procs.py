@@ -342,7 +342,7 @@ class ProcessPipeline(Pipeline):
             piece = self._local.piece = _Piece()
         future: Future[bytes] = Future()
         piece.chunks.append(future)
-        piece.data.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
+        piece.data.append(bytes(chunk))  # the chunker's own bytes: not copied again
         piece.size += len(chunk)
         if piece.size >= PIECE_BYTES:
             self._send_piece()

@@ -44,6 +44,7 @@ from cairn.errors import DamagedObject
 from cairn.files import filescache
 from cairn.files.excludes import ExcludeOptions, Excluder
 from cairn.files.filescache import ParentFolder, ParentTrees
+from cairn.files.foldercache import FolderRecord, entry_signature, folder_digest
 from cairn.files.metadata import capture, entry_type
 from cairn.files.pipeline import Pending, Pipeline
 from cairn.files.pipeline_procs import ProcessPipeline
@@ -105,6 +106,10 @@ class ArchiveResult:
     """(path, reason) of each entry that could not be read and is not in the snapshot."""
     warnings: list[tuple[str, str]] = field(default_factory=list)
     """(path, message) of what the user should know but that is in the snapshot."""
+    folders: dict[bytes, FolderRecord] = field(default_factory=dict)
+    """Each walked folder's record for the next backup's folder cache (foldercache.py)."""
+    owners: set[tuple[int, int]] = field(default_factory=set)
+    """The (uid, gid) pairs of the walked entries, whose names the folder cache checks."""
 
     @property
     def files(self) -> int:
@@ -127,6 +132,8 @@ class ArchiveOptions:
     """Set it (from a signal handler) to checkpoint and raise KeyboardInterrupt."""
     processes: int = 0
     """Worker processes that read and store the files (files/pipeline_procs.py); 0 for threads."""
+    folder_cache: dict[bytes, FolderRecord] | None = None
+    """The parent's folder records (foldercache.py), when they may be trusted."""
 
 
 class _Item:
@@ -150,10 +157,11 @@ class _Item:
 
 
 class _Folder:
-    __slots__ = ("path", "fd", "item", "todo", "plan", "items", "same", "parent")
+    __slots__ = ("path", "fd", "item", "todo", "plan", "items", "same", "parent", "record", "signatures",
+                 "digest", "clean", "deferred_files")
 
     def __init__(self, path: bytes, fd: int, item: _Item | None, names: list[bytes], plan: Plan | None,
-                 parent: ParentFolder | None) -> None:
+                 parent: ParentFolder | None, record: FolderRecord | None = None) -> None:
         self.path = path
         self.fd = fd
         self.item = item  # its entry in the folder above; None for the snapshot root
@@ -162,6 +170,13 @@ class _Folder:
         self.items: list[_Item] = []
         self.same = True  # every entry so far is unchanged
         self.parent = parent
+        # The folder cache (foldercache.py): with a record, entries are not compared with the
+        # parent's as they are visited; the folder's end decides (close_folder, settle).
+        self.record = record
+        self.signatures: list[bytes] | None = None if plan is not None else []
+        self.digest = b""
+        self.clean = True  # no entry skipped, dropped or changed while read
+        self.deferred_files = 0  # files counted unchanged if the record holds
 
 
 class _Archiver:
@@ -195,7 +210,9 @@ class _Archiver:
                 pass  # reported when the walk reaches it
         root_fd = os.open(b"/", DIR_FLAGS)
         names = list_names(root_fd) if plan is None else sorted(plan)
-        self.stack = [_Folder(b"/", root_fd, None, names, plan, self.parents.root())]
+        cache = self.options.folder_cache
+        record = cache.get(b"/") if cache is not None and plan is None else None
+        self.stack = [_Folder(b"/", root_fd, None, names, plan, None if record else self.parents.root(), record)]
         ok = False
         try:
             while self.stack:
@@ -251,16 +268,21 @@ class _Archiver:
                 st = os.stat(name, dir_fd=folder.fd, follow_symlinks=False)
         except OSError as exc:
             self.skip(join(folder.path, name), reason(exc))
-            folder.same = False
+            folder.same = folder.clean = False
             return None
+        if folder.signatures is not None:
+            folder.signatures.append(entry_signature(name, st))
+            self.result.owners.add((st.st_uid, st.st_gid))
         kind = entry_type(st)
         if kind is None:
             self.skip(join(folder.path, name), "is a socket: sockets are not backed up")
+            folder.clean = False
             return None
         if not above and self.excluder.matchers and self.excluder.path_excluded(join(folder.path, name)):
             self.result.excluded += 1
             return None
         item = _Item(name, st, kind)
+        deferred = folder.record is not None
         entry = folder.parent.get(name) if folder.parent is not None else None
         if kind == DIR:
             return self.enter(folder, item, join(folder.path, name), entry, fd)
@@ -271,37 +293,50 @@ class _Archiver:
             if self.excluder.too_large(st.st_size):
                 self.result.excluded += 1
                 return None
-            if not self.add_file(folder, item, entry):
-                folder.same = False
-                return None
+            self.count_file(st)
+            if deferred:
+                item.same = True  # for now: settle() compares it if the folder's digest differs
+                folder.deferred_files += 1
+            else:
+                self.add_file(folder, item, entry)
         else:
-            item.same = self.parents.shortcut and filescache.same_entry(entry, st, kind)
-            item.entry = entry if item.same else None
             self.result.others += 1
+            if deferred:
+                item.same = True
+            else:
+                self.compare_other(item, entry)
         folder.items.append(item)
         if not item.same:
             folder.same = False
         return None
 
-    def add_file(self, folder: _Folder, item: _Item, entry: filescache.Entry | None) -> bool:
-        st = item.st
+    def count_file(self, st: os.stat_result) -> None:
         self.status.files += 1
         self.status.bytes_done += st.st_size
         self.result.bytes_total += st.st_size
+
+    def compare_other(self, item: _Item, entry: filescache.Entry | None) -> None:
+        """A symlink, FIFO or device: unchanged if its parent entry equals its stat."""
+        item.same = self.parents.shortcut and filescache.same_entry(entry, item.st, item.kind)
+        item.entry = entry if item.same else None
+
+    def add_file(self, folder: _Folder, item: _Item, entry: filescache.Entry | None) -> None:
+        """Keep the parent's content of an unchanged file, or have the file read."""
+        st = item.st
         content, same = filescache.compare_file(entry, st, self.parents.shortcut)
         if content is not None and (self.parents.indexed or all(self.repo.has_blob(b) for b in content)):
             item.content = content
             item.same = same
             item.entry = entry if same else None
             self.result.files_unchanged += 1
-            return True
+            return
         item.fresh = entry is None
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             earlier = self.links.get(key)
             if earlier is not None and _same_version(earlier[1], st):
                 item.pending = earlier[0]
-                return True
+                return
         # The reader opens it and captures its metadata through the open file (cheaper than
         # through /proc when the folder is finished, and off this thread); a failure comes
         # back in the result and the file is skipped then.
@@ -311,7 +346,6 @@ class _Archiver:
             if len(self.links) >= MAX_LINKS_REMEMBERED:
                 self.links.clear()
             self.links[(st.st_dev, st.st_ino)] = (item.pending, st)
-        return True
 
     def enter(self, folder: _Folder, item: _Item, path: bytes, entry: filescache.Entry | None, fd: int) -> _Folder | None:
         above = fd >= 0
@@ -328,8 +362,7 @@ class _Archiver:
             if not above and self.options.one_file_system and st.st_dev not in self.devices:
                 os.close(fd)  # a mount point: kept as an empty folder, as restic does
                 item.subtree = self.empty()
-                item.same = self.parents.shortcut and filescache.same_entry(entry, item.st, DIR) \
-                    and entry is not None and entry.get("subtree") == item.subtree
+                item.same = folder.record is not None or self.same_subtree(item, entry)
                 folder.items.append(item)
                 folder.same = folder.same and item.same
                 return None
@@ -339,18 +372,38 @@ class _Archiver:
             if fd >= 0:
                 os.close(fd)
             self.skip(path, reason(exc))
-            folder.same = False
+            folder.same = folder.clean = False
             return None
         if plan is None:
             self.status.dirs += 1
-        item.same = self.parents.shortcut and filescache.same_entry(entry, item.st, DIR)
+        # Provisionally unchanged in a deferred folder: its close sets it False if it changed.
+        item.same = folder.record is not None or (self.parents.shortcut and filescache.same_entry(entry, item.st, DIR))
         folder.items.append(item)
+        cache = self.options.folder_cache
+        record = cache.get(path) if cache is not None and plan is None else None
+        if record is not None:
+            return _Folder(path, fd, item, names, plan, None, record)
         return _Folder(path, fd, item, names, plan, self.parents.child(folder.parent, item.name))
+
+    def same_subtree(self, item: _Item, entry: filescache.Entry | None) -> bool:
+        """Whether a folder entry whose tree is already known equals the parent's."""
+        return self.parents.shortcut and filescache.same_entry(entry, item.st, DIR) \
+            and entry is not None and entry.get("subtree") == item.subtree
 
     def close_folder(self, folder: _Folder) -> None:
         """All entries visited: keep the parent's tree, or capture and queue for storing."""
-        parent = folder.parent
         above = self.stack[-1] if self.stack else None
+        if folder.signatures is not None:
+            folder.digest = folder_digest(folder.signatures)
+            folder.signatures = None
+        record = folder.record
+        if record is not None:
+            if folder.same and folder.clean and record.digest == folder.digest:
+                self.result.files_unchanged += folder.deferred_files
+                self.keep_tree(folder, record.tree_id, above)
+                return
+            self.settle(folder)
+        parent = folder.parent
         same = (
             folder.same and parent is not None and self.parents.shortcut
             and len(parent.names) == len(folder.items)
@@ -358,15 +411,7 @@ class _Archiver:
         )
         if same:
             assert parent is not None
-            if folder.plan is None:
-                self.result.dirs_unchanged += 1
-            os.close(folder.fd)
-            if folder.item is None:
-                self.result.root = parent.tree_id
-            else:
-                folder.item.subtree = parent.tree_id
-                if not folder.item.same and above is not None:
-                    above.same = False
+            self.keep_tree(folder, parent.tree_id, above)
             return
         if folder.item is not None:
             folder.item.same = False
@@ -377,6 +422,47 @@ class _Archiver:
             self.capture(folder, item)
         self.waiting_entries += len(folder.items)
         self.drain(MAX_WAITING_ENTRIES)
+
+    def keep_tree(self, folder: _Folder, tree_id: bytes, above: _Folder | None) -> None:
+        """The folder is unchanged: its tree is the parent snapshot's `tree_id`."""
+        if folder.plan is None:
+            self.result.dirs_unchanged += 1
+        os.close(folder.fd)
+        self.note_folder(folder, tree_id)
+        if folder.item is None:
+            self.result.root = tree_id
+        else:
+            folder.item.subtree = tree_id
+            if not folder.item.same and above is not None:
+                above.same = False
+
+    def settle(self, folder: _Folder) -> None:
+        """Compare a deferred folder's entries with its parent tree after all (read now, by the
+        recorded id): its digest differs, a subfolder changed, or a checkpoint needs its nodes."""
+        record, folder.record = folder.record, None
+        assert record is not None
+        parent = folder.parent = self.parents.load_folder(record.tree_id)
+        folder.deferred_files = 0
+        folder.same = True
+        for item in folder.items:
+            entry = parent.get(item.name) if parent is not None else None
+            if item.kind == FILE:
+                item.same = False
+                self.add_file(folder, item, entry)
+            elif any(f.item is item for f in self.stack):  # a subfolder still open (a checkpoint)
+                item.same = item.same and self.parents.shortcut and filescache.same_entry(entry, item.st, DIR)
+            elif item.kind == DIR:
+                item.same = item.same and self.same_subtree(item, entry)
+            else:
+                self.compare_other(item, entry)
+            if not item.same:
+                folder.same = False
+
+    def note_folder(self, folder: _Folder, tree_id: bytes) -> None:
+        """Record a finished folder for the next backup's folder cache."""
+        if folder.plan is None:
+            clean = folder.clean and not any(item.dropped for item in folder.items)
+            self.result.folders[folder.path] = FolderRecord(folder.digest if clean else b"", tree_id)
 
     def capture(self, folder: _Folder, item: _Item) -> None:
         if item.node is not None or item.dropped or item.reads:
@@ -394,6 +480,7 @@ class _Archiver:
             item.node = capture(folder.fd, item.name, item.st)
         except OSError as exc:
             item.dropped = True
+            folder.clean = False
             self.skip(join(folder.path, item.name), reason(exc))
 
     # -- finishing folders -------------------------------------------------------------------
@@ -408,6 +495,7 @@ class _Archiver:
             tree_id = self.store_tree(folder)  # its files are all read (opened) after this
             self.waiting.popleft()
             os.close(folder.fd)
+            self.note_folder(folder, tree_id)
             self.waiting_entries -= len(folder.items)
             if folder.plan is None:
                 if folder.parent is None:
@@ -442,6 +530,7 @@ class _Archiver:
             else:
                 self.result.files_changed += 1
             if result.warning is not None:
+                folder.clean = False
                 self.result.warnings.append((os.fsdecode(join(folder.path, item.name)), result.warning))
             node.content, node.size = result.content, result.size
             node.mtime, node.ctime = result.mtime, result.ctime
@@ -468,6 +557,9 @@ class _Archiver:
         self.next_checkpoint = time.monotonic() + (interval or float("inf"))
         if self.options.dry_run or self.options.on_checkpoint is None:
             return
+        for folder in self.stack:
+            if folder.record is not None:
+                self.settle(folder)  # its nodes are needed now
         self.pipeline.submit()
         self.drain()
         partial: Node | None = None

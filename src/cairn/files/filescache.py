@@ -132,6 +132,11 @@ class ParentTrees:
     def root(self) -> ParentFolder | None:
         return self.folder([self._load(t) for t in self.roots])
 
+    def load_folder(self, tree_id: bytes) -> ParentFolder | None:
+        """One folder's parent tree, read now and without prefetching its subfolders (the
+        folder cache's way in: its subfolders have records of their own)."""
+        return self._folder([self._load(tree_id)])
+
     def child(self, parent: ParentFolder | None, name: bytes) -> ParentFolder | None:
         if parent is None:
             return None

@@ -28,6 +28,7 @@ from cairn.files.checkpoint import Checkpoint, CheckpointStore, cache_root
 from cairn.files.chunker import RawReader
 from cairn.files.excludes import ExcludeOptions, Excluder
 from cairn.files.filescache import ParentTrees
+from cairn.files.foldercache import FolderCache, FolderRecord, fingerprint
 from cairn.files.pipeline_procs import worker_processes
 from cairn.files.scanner import start_prescan
 from cairn.files.stream import archive_stream, stream_path
@@ -168,6 +169,8 @@ def backup(
         cache = Path(options.cache_dir) if options.cache_dir is not None else cache_root()
         store = CheckpointStore(repo.config.id, host, paths, cache)
         verified = VerifiedSnapshots(repo, cache)
+        folders = FolderCache(repo, cache)
+        settings = fingerprint(program(), paths, (options.excludes, options.one_file_system))
         resumed = None if options.force or options.stdin_filename is not None else store.load()
         with _pack_journal(repo, store, options.dry_run) as adopted:
             if options.stdin_filename is not None:
@@ -177,10 +180,14 @@ def backup(
                 result = archive_stream(repo, source, options.stdin_filename, time_ns, options.dry_run)
             else:
                 relied = verified.still_indexed(parent.id) if parent is not None and resumed is None else None
-                indexed = relied is not None
                 for pack_id in relied or ():
                     repo.relied.rely(pack_id)  # what the skipped index lookups would have declared
-                result = _archive_files(repo, options, paths, excluder, parent, resumed, indexed, store, progress)
+                # Whole folders are kept without reading the parent's trees only where the
+                # per-file index check would be skipped too (foldercache.py).
+                records = folders.load(parent.id, settings) \
+                    if relied is not None and parent is not None and parent.program == program() else None
+                result = _archive_files(repo, options, paths, excluder, parent, resumed, relied is not None, records,
+                                        store, progress)
             duration = time.monotonic() - start
             snapshot_id = None
             if not options.dry_run:
@@ -194,6 +201,9 @@ def backup(
                 snapshot_id = repo.save_snapshot(snapshot)
                 store.clear()
                 verified.record(snapshot_id, repo.relied.relied, previous=parent.id if parent is not None else None)
+                if options.stdin_filename is None:
+                    folders.save(snapshot_id, settings, result.folders, result.owners,
+                                 previous=parent.id if parent is not None else None)
     return BackupResult(
         snapshot_id=snapshot_id, parent_id=parent.id if parent is not None else None,
         files=result.files, dirs=result.dirs, bytes_read=result.bytes_read, bytes_added=result.bytes_added,
@@ -235,7 +245,7 @@ def _pack_journal(repo: Repository, store: CheckpointStore, dry_run: bool) -> It
 
 def _archive_files(
     repo: Repository, options: BackupOptions, paths: list[bytes], excluder: Excluder, parent: Snapshot | None,
-    resumed: Checkpoint | None, indexed: bool, store: CheckpointStore,
+    resumed: Checkpoint | None, indexed: bool, records: dict[bytes, FolderRecord] | None, store: CheckpointStore,
     progress: Callable[[BackupStatus], None] | None,
 ) -> ArchiveResult:
     roots, programs = [], []
@@ -258,6 +268,7 @@ def _archive_files(
         excluder=excluder, one_file_system=options.one_file_system, dry_run=options.dry_run,
         checkpoint_interval=options.checkpoint_interval, on_checkpoint=on_checkpoint, stop=options.stop,
         processes=worker_processes() if repo.backend.properties.shared_with_forks and hasattr(os, "fork") else 0,
+        folder_cache=records,
     )
     try:
         result = archive(repo, [os.fsdecode(p) for p in paths], progress, archive_options, parents, status)

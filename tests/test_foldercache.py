@@ -151,7 +151,7 @@ def _relink(link: Path, target: str) -> None:
     os.utime(link, ns=(mtime + 10**9, mtime), follow_symlinks=False)
 
 
-CHANGES: dict[str, Callable[[Path], None]] = {
+CHANGES: dict[str, Callable[[Path], object]] = {
     "nothing": lambda root: None,
     "content, same size and mtime": lambda root: _same_size_same_mtime(root / "d0" / "s1" / "f2"),
     "mode": lambda root: (root / "d2" / "s2" / "f0").chmod(0o600),

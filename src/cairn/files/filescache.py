@@ -3,10 +3,13 @@
 Design (restic's, and why): the cache is the parent snapshot's own trees, not a local database.
 It needs no local state, so it works on a new machine, after the cache folder was wiped, and
 for two users sharing one repository; it can never disagree with the repository, because it
-*is* the repository. Its cost is loading one tree blob per folder, about 40 µs each (3,500
-folders of /usr: 0.14 s), paid only for folders the parent has. A local file of (path, inode,
-size, mtime, ctime) -> ids would save that and no more, since every entry must be stat'ed
-either way, and it would have to be kept consistent with prune; measured, not worth it.
+*is* the repository. Its cost is loading one tree blob per folder, paid only for folders the
+parent has: about 40 µs each to read, decrypt and decompress, but with decoding every entry and
+comparing it with its stat, half of an unchanged re-backup of /usr (0.5 s of 1.0 s of walk,
+measured 2026-12-06). So a local accelerator sits on top (foldercache.py): one digest of the
+stats per folder, which lets an unchanged folder keep its tree without its parent tree being
+read. It is a cache in the strict sense: bound to one parent snapshot, authenticated, and any
+doubt or difference falls back to the comparison described here, which stays the rule.
 
 Why no inode in the file comparison (the issue names (path, inode, size, mtime, ctime)): the
 inode would catch a file replaced by another one, but ctime already does. A file that takes

@@ -53,7 +53,6 @@ docs/STORAGE.md).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -62,8 +61,6 @@ import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import platformdirs
 
 from cairn.storage.base import Backend, BackendProperties, ObjectInfo, check_name, check_range
 from cairn.storage.local import TEMP_PREFIX, replace_file
@@ -89,10 +86,14 @@ def cache_root() -> Path:
     override = os.environ.get(ENV_CACHE_DIR)
     if override:
         return Path(os.path.expanduser(override))
+    import platformdirs  # here, as hashlib below: neither should sit under the KDF's peak (2 and 3.6 MiB)
+
     return Path(platformdirs.user_cache_dir("cairn"))
 
 
 def _checksum(data: bytes) -> bytes:
+    import hashlib  # loads libcrypto: 3.6 MiB of RSS that every command would carry while the key opens
+
     return hashlib.blake2b(data, digest_size=CHECKSUM_SIZE, person=b"cairn-cache-v1").digest()
 
 

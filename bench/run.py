@@ -91,7 +91,7 @@ def run_files(tool: str, source: Path, work: Path, count: int, size: int, baseli
     data, repo, cache = work / "data", work / "repo", work / "cache"
     subprocess.run(["cp", "-a", str(source), str(data)], check=True)
     subprocess.run(["sync"], check=True)  # else the copy's writeback lands in the first backup's time
-    with restore_target(work, size) as fresh:
+    with restore_target(work, size, count) as fresh:
         out = _file_scenarios(tool, fresh, data, repo, cache, work, count, size, baseline)
     shutil.rmtree(work, ignore_errors=True)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -25,6 +26,7 @@ from cairn.repo.pack import object_name
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
 from cairn.testing.faulty import FaultyBackend
+from cairn.storage.local import LocalBackend
 from cairn.storage.base import ObjectInfo
 from cairn.testing.memory import MemoryBackend
 
@@ -341,3 +343,62 @@ def test_a_real_backup_of_a_folder_checks_clean(tmp_path: Path) -> None:
     assert result.snapshots == 2
     assert result.blobs >= 4 and result.bytes_read >= 300_000
     assert first.snapshot_id is not None
+
+
+def _local_repo_with_packs(tmp_path: Path) -> tuple[Repository, list[Path]]:
+    """A local repository (its packs are read by forked processes) of several small packs."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(12):
+        (source / f"f{i}.bin").write_bytes(os.urandom(40_000))
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), b"pw", FAST_KDF, pack_size=64 * 1024)
+    backup(repo, BackupOptions(paths=[str(source)], cache_dir=tmp_path / "cache"))
+    packs = sorted((tmp_path / "repo" / "data").rglob("*"))
+    return repo, [p for p in packs if p.is_file()]
+
+
+def test_read_data_in_reader_processes_finds_every_damaged_pack(tmp_path: Path) -> None:
+    repo, packs = _local_repo_with_packs(tmp_path)
+    assert repo.backend.properties.shared_with_forks and len(packs) >= 4
+    # every pack read whole (plus the trees the structure check reads)
+    assert check(repo, CheckOptions(read_data=True)).bytes_read >= sum(p.stat().st_size for p in packs)
+    damaged = packs[:3]
+    for pack in damaged:
+        data = bytearray(pack.read_bytes())
+        data[100] ^= 1  # inside the first blob
+        pack.write_bytes(bytes(data))
+    result = check(repo, CheckOptions(read_data=True))
+    assert sorted(e.split(":")[0] for e in result.errors) == sorted(f"pack {p.name[:12]}" for p in damaged)
+    assert result.bytes_read >= sum(p.stat().st_size for p in packs)
+
+
+def test_a_killed_reader_process_fails_the_check_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, _ = _local_repo_with_packs(tmp_path)
+    parent, real = os.getpid(), check_mod._Checker.read_pack
+
+    def dying(self: check_mod._Checker, pack_id: bytes) -> tuple[list[str], int]:
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, pack_id)
+
+    monkeypatch.setattr(check_mod._Checker, "read_pack", dying)
+    result = check(repo, CheckOptions(read_data=True))
+    assert not result.ok
+    assert all(e.startswith("a process reading packs ended early (killed by signal 9): ") for e in result.errors)
+    assert len(result.errors) == 2
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # no reader left behind, not even a zombie
+
+
+def test_an_interrupted_check_leaves_no_reader_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, _ = _local_repo_with_packs(tmp_path)
+
+    def interrupted(self: check_mod._Checker, snapshots: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check_mod._Checker, "check_trees", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        check(repo, CheckOptions(read_data=True))
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+    assert not list((tmp_path / "repo" / "locks").iterdir())  # the lock went with the parent

@@ -54,3 +54,35 @@ def test_every_size_path_stores_what_the_chunker_cuts(repo: Repository, tmp_path
     assert pipeline.bytes_read == size
     repo.flush()
     assert b"".join(repo.load_blob(b) for b in result.content) == data
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "file"])
+def test_a_worker_reads_by_its_own_fstat_and_refuses_what_is_no_longer_a_file(
+    repo: Repository, tmp_path: Path, kind: str
+) -> None:
+    """A backup worker gets no lstat from the walk: what it opened decides (a FIFO swapped in
+    must neither block the open nor be read as a file)."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    entry = folder / "swapped"
+    if kind == "fifo":
+        os.mkfifo(entry)
+    elif kind == "folder":
+        entry.mkdir()
+    else:
+        entry.write_bytes(b"what the worker found" * 100)
+    repo.load_index()
+    pipeline = Pipeline(repo, dry_run=False)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        result = pipeline.read_file_at(dir_fd, b"swapped", None, os.getuid())
+    finally:
+        os.close(dir_fd)
+        pipeline.close()
+    if kind == "file":
+        assert result.error is None and result.node is not None
+        assert (result.size, result.node.size, result.node.ctime) == (2100, 2100, entry.stat().st_ctime_ns)
+        repo.flush()
+        assert repo.load_blob(result.content[0]) == entry.read_bytes()
+    else:
+        assert (result.error, result.node) == ("changed into something other than a file during the backup", None)

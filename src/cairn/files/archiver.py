@@ -351,7 +351,7 @@ class _Archiver:
         above = fd >= 0
         try:
             if not above:
-                fd = open_at(folder.fd, item.name, DIR_FLAGS | os.O_NOFOLLOW, item.st)
+                fd = open_at(folder.fd, item.name, DIR_FLAGS | os.O_NOFOLLOW, item.st.st_uid)
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (item.st.st_dev, item.st.st_ino):
                 raise FileNotFoundError("replaced during the backup")

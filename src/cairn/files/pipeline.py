@@ -53,13 +53,15 @@ user is told about. A file whose read fails (EIO) is skipped and listed the same
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import operator
 import os
 import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from pyfastcdc import FastCDC
 
@@ -119,6 +121,13 @@ class ReadResult:
     turns them into `content`."""
     node: Node | None = None
     """The file's metadata, captured by the reader (files opened by `read_at` only)."""
+
+    def __reduce__(self) -> tuple[type[ReadResult], tuple[Any, ...]]:
+        """Pickled as its fields in order, as Node is (a backup worker's result per file)."""
+        return ReadResult, _result_fields(self)
+
+
+_result_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(ReadResult)))
 
 
 class Pending:
@@ -185,22 +194,31 @@ class FileReader:
         for dir_fd, name, st in files:
             if self.aborted:
                 raise Aborted()
-            fd = -1
-            try:
-                try:
-                    fd = open_at(dir_fd, name, FILE_FLAGS, st)
-                    # Through the open file: the attributes of the very inode read.
-                    node = capture(dir_fd, name, st, fd, FILE)
-                except OSError as exc:
-                    results.append(ReadResult(error=reason(exc)))
-                    continue
-                result = self._read_file(fd, st)
-            finally:
-                if fd >= 0:
-                    os.close(fd)
-            result.node = node
-            results.append(result)
+            results.append(self.read_file_at(dir_fd, name, st))
         return results
+
+    def read_file_at(self, dir_fd: int, name: bytes, st: os.stat_result | None, owner: int | None = None) -> ReadResult:
+        """Open, capture and read one file. Without the walk's lstat `st` (a worker process: the
+        fstat costs it less than pickling the lstat cost the walk), the open file's fstat stands
+        for it, and `owner` (the lstat's uid) decides O_NOATIME."""
+        fd = -1
+        try:
+            try:
+                fd = open_at(dir_fd, name, FILE_FLAGS, st.st_uid if st is not None else owner)
+                if st is None:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        return ReadResult(error="changed into something other than a file during the backup")
+                # Through the open file: the attributes of the very inode read.
+                node = capture(dir_fd, name, st, fd, FILE)
+            except OSError as exc:
+                return ReadResult(error=reason(exc))
+            result = self._read_file(fd, st)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        result.node = node
+        return result
 
     def _read_file(self, fd: int, st: os.stat_result) -> ReadResult:
         """Read one file, twice at most (see the module docstring).

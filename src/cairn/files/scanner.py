@@ -56,13 +56,14 @@ def join(folder: bytes, name: bytes) -> bytes:
     return folder + name if folder.endswith(b"/") else folder + b"/" + name
 
 
-def open_at(dir_fd: int | None, name: bytes, flags: int, st: os.stat_result | None = None) -> int:
+def open_at(dir_fd: int | None, name: bytes, flags: int, owner: int | None = None) -> int:
     """Open `name` in `dir_fd` without touching its access time where the kernel allows that.
 
     O_NOATIME needs root or ownership; asked for anyway it fails with EPERM, so it is asked for
-    only when it will work (knowing the owner from `st` saves a failing system call per file).
+    only when it will work (knowing the `owner` uid from a stat saves a failing system call per
+    file).
     """
-    if _NOATIME and (_EUID == 0 or (st is not None and st.st_uid == _EUID)):
+    if _NOATIME and (_EUID == 0 or owner == _EUID):
         try:
             return os.open(name, flags | _NOATIME, dir_fd=dir_fd)
         except PermissionError:

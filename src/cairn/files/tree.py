@@ -85,7 +85,7 @@ class Node:
     links: tuple[int, int, int] | None = None
     """(st_dev, st_ino, st_nlink) of a non-folder with more than one hard link."""
 
-    def __reduce__(self) -> tuple[type[Node], tuple[Any, ...]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled as its fields in order (nodes go to and from backup workers and restore
         writers, one per file): unpickling takes 40 % of the default's, paid by the walk."""
         return Node, _node_fields(self)

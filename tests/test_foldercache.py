@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FAST_KDF
 from cairn.files import foldercache
 from cairn.files.checkpoint import cache_root
 from cairn.files.excludes import ExcludeOptions
@@ -23,14 +24,13 @@ from cairn.files.filescache import ParentTrees
 from cairn.files.foldercache import FolderCache, fingerprint
 from cairn.files.restorer import load_tree
 from cairn.ops.backup import BackupOptions, BackupResult, backup, program
-from cairn.repo.keys import KdfParams
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repository:
-    return Repository.init(LocalBackend(tmp_path / "repo"), b"pw", KdfParams(iterations=1, memory_kib=8, lanes=1))
+    return Repository.init(LocalBackend(tmp_path / "repo"), b"pw", FAST_KDF)
 
 
 @pytest.fixture

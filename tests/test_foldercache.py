@@ -251,3 +251,25 @@ def test_skipped_entries_are_reported_again(repo: Repository, source: Path) -> N
         again = run(repo, source)
     assert [p for p, _ in first.skipped] == [p for p, _ in again.skipped] == [str(source / "d0" / "s1" / "sock")]
     assert again.files_unchanged == first.files
+
+
+def test_when_most_folders_change_the_walk_compares_as_it_goes_with_the_same_trees(
+    repo: Repository, source: Path, loads: list[bytes]
+) -> None:
+    """A file changed in every folder (1% of files spread over all of them): after the first
+    folders are found changed, the others are compared as they are walked, not deferred."""
+    first = settled(repo, source)
+    assert first.snapshot_id is not None
+    changed = sorted(source.glob("d*/s*/f1"))
+    for path in changed:
+        path.write_bytes(path.read_bytes() + b"more")
+    loads.clear()
+    cached = run(repo, source, parent=first.snapshot_id)
+    assert len(loads) >= 12  # every changed folder and those above it compared
+    records_file(repo, first.snapshot_id).unlink(missing_ok=True)
+    uncached = run(repo, source, parent=first.snapshot_id)
+    assert cached.snapshot_id is not None and uncached.snapshot_id is not None
+    assert trees_below(repo, subtree_at(repo, cached.snapshot_id, source)) == \
+        trees_below(repo, subtree_at(repo, uncached.snapshot_id, source))
+    assert (cached.files_changed, cached.files_unchanged) == (len(changed), first.files - len(changed))
+    assert (cached.files_changed, cached.bytes_read) == (uncached.files_changed, uncached.bytes_read)

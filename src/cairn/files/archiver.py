@@ -158,7 +158,7 @@ class _Item:
 
 class _Folder:
     __slots__ = ("path", "fd", "item", "todo", "plan", "items", "same", "parent", "record", "signatures",
-                 "digest", "clean", "deferred_files")
+                 "digest", "clean", "deferred_files", "known")
 
     def __init__(self, path: bytes, fd: int, item: _Item | None, names: list[bytes], plan: Plan | None,
                  parent: ParentFolder | None, record: FolderRecord | None = None) -> None:
@@ -177,6 +177,7 @@ class _Folder:
         self.digest = b""
         self.clean = True  # no entry skipped, dropped or changed while read
         self.deferred_files = 0  # files counted unchanged if the record holds
+        self.known = record  # its record, deferred or not (to count how many folders change)
 
 
 class _Archiver:
@@ -198,6 +199,9 @@ class _Archiver:
         self.devices: set[int] = set()
         self.empty_tree: bytes | None = None
         self.next_checkpoint = time.monotonic() + (options.checkpoint_interval or float("inf"))
+        # Of the last folders with a record, how many changed: when most do, deferring costs
+        # more than it saves, and folders are compared as they are walked again (enter).
+        self.recorded = self.changed = 0
 
     # -- the walk ------------------------------------------------------------------------
 
@@ -376,14 +380,23 @@ class _Archiver:
             return None
         if plan is None:
             self.status.dirs += 1
+        cache = self.options.folder_cache
+        record = cache.get(path) if cache is not None and plan is None else None
+        defer = record is not None and self.changed * 2 <= self.recorded
+        if record is not None and not defer and folder.record is not None:
+            # Most folders change lately (1% of files spread over every folder changes them
+            # all): deferring costs more than it saves. Compare this folder from here on, and
+            # so its subfolders, their parent trees read ahead as without a cache.
+            self.settle(folder, item.name)
+            entry = folder.parent.get(item.name) if folder.parent is not None else None
         # Provisionally unchanged in a deferred folder: its close sets it False if it changed.
         item.same = folder.record is not None or (self.parents.shortcut and filescache.same_entry(entry, item.st, DIR))
         folder.items.append(item)
-        cache = self.options.folder_cache
-        record = cache.get(path) if cache is not None and plan is None else None
-        if record is not None:
+        if defer:
             return _Folder(path, fd, item, names, plan, None, record)
-        return _Folder(path, fd, item, names, plan, self.parents.child(folder.parent, item.name))
+        child = _Folder(path, fd, item, names, plan, self.parents.child(folder.parent, item.name))
+        child.known = record
+        return child
 
     def same_subtree(self, item: _Item, entry: filescache.Entry | None) -> bool:
         """Whether a folder entry whose tree is already known equals the parent's."""
@@ -396,6 +409,12 @@ class _Archiver:
         if folder.signatures is not None:
             folder.digest = folder_digest(folder.signatures)
             folder.signatures = None
+        if folder.known is not None:
+            self.recorded += 1
+            if not (folder.same and folder.clean and folder.known.digest == folder.digest):
+                self.changed += 1
+            if self.recorded >= 64:  # the last few dozen count
+                self.recorded, self.changed = self.recorded // 2, self.changed // 2
         record = folder.record
         if record is not None:
             if folder.same and folder.clean and record.digest == folder.digest:
@@ -436,12 +455,16 @@ class _Archiver:
             if not folder.item.same and above is not None:
                 above.same = False
 
-    def settle(self, folder: _Folder) -> None:
+    def settle(self, folder: _Folder, entering: bytes | None = None) -> None:
         """Compare a deferred folder's entries with its parent tree after all (read now, by the
-        recorded id): its digest differs, a subfolder changed, or a checkpoint needs its nodes."""
+        recorded id): its digest differs, a subfolder changed, a checkpoint needs its nodes,
+        or most folders change (the walk then enters the subfolder `entering` comparing)."""
         record, folder.record = folder.record, None
         assert record is not None
-        parent = folder.parent = self.parents.load_folder(record.tree_id)
+        visited = {item.name for item in folder.items}
+        if entering is not None:
+            visited.add(entering)
+        parent = folder.parent = self.parents.load_folder(record.tree_id, visited)
         folder.deferred_files = 0
         folder.same = True
         for item in folder.items:

@@ -135,10 +135,13 @@ class ParentTrees:
     def root(self) -> ParentFolder | None:
         return self.folder([self._load(t) for t in self.roots])
 
-    def load_folder(self, tree_id: bytes) -> ParentFolder | None:
-        """One folder's parent tree, read now and without prefetching its subfolders (the
-        folder cache's way in: its subfolders have records of their own)."""
-        return self._folder([self._load(tree_id)])
+    def load_folder(self, tree_id: bytes, visited: set[bytes]) -> ParentFolder | None:
+        """One folder's parent tree, read now (the folder cache's way in); the trees of its
+        subfolders not `visited` yet are read ahead from the first `child` call on."""
+        folder = self._folder([self._load(tree_id)])
+        if folder is not None:
+            folder.upcoming = deque(n for n in folder.names if folder.entries[n].get("type") == DIR and n not in visited)
+        return folder
 
     def child(self, parent: ParentFolder | None, name: bytes) -> ParentFolder | None:
         if parent is None:

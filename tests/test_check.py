@@ -357,12 +357,35 @@ def _local_repo_with_packs(tmp_path: Path) -> tuple[Repository, list[Path]]:
     return repo, [p for p in packs if p.is_file()]
 
 
-def test_read_data_in_reader_processes_finds_every_damaged_pack(tmp_path: Path) -> None:
+@pytest.fixture
+def reader_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the reader processes check forks (a spy on the real fork)."""
+    pids: list[int] = []
+    real = check_mod.fork_children
+
+    def spy(count: int, serve: Callable[[socket.socket], None]) -> list[tuple[int, socket.socket]]:
+        children = real(count, serve)
+        pids.extend(pid for pid, _ in children)
+        return children
+
+    monkeypatch.setattr(check_mod, "fork_children", spy)
+    return pids
+
+
+def assert_reaped(pids: list[int]) -> None:
+    assert pids
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # neither running nor a zombie: gone and reaped
+
+
+def test_read_data_in_reader_processes_finds_every_damaged_pack(tmp_path: Path, reader_pids: list[int]) -> None:
     repo, packs = _local_repo_with_packs(tmp_path)
     assert repo.backend.properties.shared_with_forks and len(packs) >= 4
     # every pack read whole (plus the trees the structure check reads)
     assert check(repo, CheckOptions(read_data=True)).bytes_read >= sum(p.stat().st_size for p in packs)
-    damaged = packs[:3]
+    damaged = [p for p in packs if p.stat().st_size > 30_000][:3]  # data packs (trees' are small)
+    assert len(damaged) == 3
     for pack in damaged:
         data = bytearray(pack.read_bytes())
         data[100] ^= 1  # inside the first blob
@@ -370,9 +393,12 @@ def test_read_data_in_reader_processes_finds_every_damaged_pack(tmp_path: Path) 
     result = check(repo, CheckOptions(read_data=True))
     assert sorted(e.split(":")[0] for e in result.errors) == sorted(f"pack {p.name[:12]}" for p in damaged)
     assert result.bytes_read >= sum(p.stat().st_size for p in packs)
+    assert_reaped(reader_pids)
 
 
-def test_a_killed_reader_process_fails_the_check_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_reader_process_fails_the_check_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader_pids: list[int]
+) -> None:
     repo, _ = _local_repo_with_packs(tmp_path)
     parent, real = os.getpid(), check_mod._Checker.read_pack
 
@@ -386,11 +412,12 @@ def test_a_killed_reader_process_fails_the_check_in_one_line(tmp_path: Path, mon
     assert not result.ok
     assert all(e.startswith("a process reading packs ended early (killed by signal 9): ") for e in result.errors)
     assert len(result.errors) == 2
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)  # no reader left behind, not even a zombie
+    assert_reaped(reader_pids)
 
 
-def test_an_interrupted_check_leaves_no_reader_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_check_leaves_no_reader_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader_pids: list[int]
+) -> None:
     repo, _ = _local_repo_with_packs(tmp_path)
 
     def interrupted(self: check_mod._Checker, snapshots: object) -> None:
@@ -399,6 +426,5 @@ def test_an_interrupted_check_leaves_no_reader_process(tmp_path: Path, monkeypat
     monkeypatch.setattr(check_mod._Checker, "check_trees", interrupted)
     with pytest.raises(KeyboardInterrupt):
         check(repo, CheckOptions(read_data=True))
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)
+    assert_reaped(reader_pids)
     assert not list((tmp_path / "repo" / "locks").iterdir())  # the lock went with the parent

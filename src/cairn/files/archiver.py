@@ -390,7 +390,7 @@ class _Archiver:
             self.settle(folder, item.name)
             entry = folder.parent.get(item.name) if folder.parent is not None else None
         # Provisionally unchanged in a deferred folder: its close sets it False if it changed.
-        item.same = folder.record is not None or (self.parents.shortcut and filescache.same_entry(entry, item.st, DIR))
+        item.same = folder.record is not None or self.same_folder(item, entry)
         folder.items.append(item)
         if defer:
             return _Folder(path, fd, item, names, plan, None, record)
@@ -398,10 +398,14 @@ class _Archiver:
         child.known = record
         return child
 
+    def same_folder(self, item: _Item, entry: filescache.Entry | None) -> bool:
+        """Whether a folder entry's own metadata equals the parent's (its tree is decided when
+        the folder is finished)."""
+        return self.parents.shortcut and filescache.same_entry(entry, item.st, DIR)
+
     def same_subtree(self, item: _Item, entry: filescache.Entry | None) -> bool:
         """Whether a folder entry whose tree is already known equals the parent's."""
-        return self.parents.shortcut and filescache.same_entry(entry, item.st, DIR) \
-            and entry is not None and entry.get("subtree") == item.subtree
+        return self.same_folder(item, entry) and entry is not None and entry.get("subtree") == item.subtree
 
     def close_folder(self, folder: _Folder) -> None:
         """All entries visited: keep the parent's tree, or capture and queue for storing."""
@@ -473,7 +477,7 @@ class _Archiver:
                 item.same = False
                 self.add_file(folder, item, entry)
             elif any(f.item is item for f in self.stack):  # a subfolder still open (a checkpoint)
-                item.same = item.same and self.parents.shortcut and filescache.same_entry(entry, item.st, DIR)
+                item.same = item.same and self.same_folder(item, entry)
             elif item.kind == DIR:
                 item.same = item.same and self.same_subtree(item, entry)
             else:

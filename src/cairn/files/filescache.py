@@ -140,7 +140,7 @@ class ParentTrees:
         subfolders not `visited` yet are read ahead from the first `child` call on."""
         folder = self._folder([self._load(tree_id)])
         if folder is not None:
-            folder.upcoming = deque(n for n in folder.names if folder.entries[n].get("type") == DIR and n not in visited)
+            folder.upcoming = _subfolders(folder, visited)
         return folder
 
     def child(self, parent: ParentFolder | None, name: bytes) -> ParentFolder | None:
@@ -156,10 +156,7 @@ class ParentTrees:
     def _prefetch(self, parent: ParentFolder) -> None:
         """Load the next PREFETCH subfolders' trees in one task (one thread hand-off each)."""
         if parent.upcoming is None:
-            parent.upcoming = deque(n for n in parent.names if parent.entries[n].get("type") == DIR)
-            if parent.fallback:
-                parent.upcoming.extend(n for n, e in parent.fallback.items()
-                                       if e.get("type") == DIR and n not in parent.entries)
+            parent.upcoming = _subfolders(parent)
         group = [parent.upcoming.popleft() for _ in range(min(PREFETCH, len(parent.upcoming)))]
         if group:
             if self._pool is None:
@@ -213,6 +210,16 @@ class ParentTrees:
             return tree_id, None
         names = [e["name"] for e in listed]
         return tree_id, (entries, names)
+
+
+def _subfolders(parent: ParentFolder, visited: set[bytes] | frozenset[bytes] = frozenset()) -> deque[bytes]:
+    """The names of `parent`'s subfolders (its fallback's too) the walk has not entered yet, in
+    the walk's order: what is left to read ahead."""
+    names = deque(n for n in parent.names if parent.entries[n].get("type") == DIR and n not in visited)
+    if parent.fallback:
+        names.extend(n for n, e in parent.fallback.items()
+                     if e.get("type") == DIR and n not in parent.entries and n not in visited)
+    return names
 
 
 def compare_file(entry: Entry | None, st: os.stat_result, whole: bool) -> tuple[list[bytes] | None, bool]:

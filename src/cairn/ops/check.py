@@ -151,7 +151,7 @@ class _Checker:
             elif to_read:
                 self.read_packs(to_read)
         finally:
-            for pid, sock in readers:
+            for pid, sock, _ in readers:
                 kill(pid)  # after collect() they are gone already; else (an interrupt) end them now
                 sock.close()
                 os.waitpid(pid, 0)
@@ -304,18 +304,21 @@ class _Checker:
             return f"pack {_short(pack_id)}: its header and the index disagree about {len(differ)} records"
         return None
 
-    def start_readers(self, pack_ids: list[bytes]) -> list[tuple[int, socket.socket]]:
+    def start_readers(self, pack_ids: list[bytes]) -> list[tuple[int, socket.socket, int]]:
         """Fork the processes that read the packs while this one walks the trees: verifying a
         blob is Python work under the GIL (per blob: decrypt, decompress, hash), so threads ran
         one core at a time, and the walk waited before them (100,000 small files: trees 1.3 s,
         then packs 2.5 s). A forked process cannot share a network connection: local
-        repositories only. Each gets every n-th pack (packs are of similar size)."""
+        repositories only. Each gets every n-th pack (packs are of similar size): (pid, socket,
+        how many packs it reads)."""
         if not pack_ids or not self.backend.properties.shared_with_forks or not hasattr(os, "fork"):
             return []
         count = min(self.workers, len(pack_ids))
-        readers = fork_children(count, self.serve_reads)
-        for at, (_, sock) in enumerate(readers):
-            send(sock, pack_ids[at::count])
+        readers = []
+        for at, (pid, sock) in enumerate(fork_children(count, self.serve_reads)):
+            share = pack_ids[at::count]
+            send(sock, share)
+            readers.append((pid, sock, len(share)))
         return readers
 
     def serve_reads(self, sock: socket.socket) -> None:
@@ -325,10 +328,9 @@ class _Checker:
             for pack_id in message[0]:
                 send(sock, self.read_pack(pack_id))
 
-    def collect(self, readers: list[tuple[int, socket.socket]], total: int) -> None:
+    def collect(self, readers: list[tuple[int, socket.socket, int]], total: int) -> None:
         done = 0
-        for at, (pid, sock) in enumerate(readers):
-            share = len(range(at, total, len(readers)))
+        for pid, sock, share in readers:
             for got in range(share):
                 message = receive(sock)
                 if message is None:

@@ -5,6 +5,7 @@ A full disk met by a worker is in test_full_disk.py (the real CLI, so worker pro
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -22,6 +23,8 @@ import pytest
 from cairn.errors import CairnError
 from cairn.files import pipeline_procs
 from cairn.files.archiver import BackupStatus
+from cairn.files.chunker import Chunker
+from cairn.files.procs import SharedSlots
 from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.check import CheckOptions, check
 from cairn.ops.restore import RestoreOptions, restore
@@ -30,6 +33,8 @@ from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
 from conftest import FAST_KDF, SRC
 from test_restore_support import FOLDERS, PER_FOLDER, children, count_forks, make_every_kind, many_files, rsync_differences
+
+MiB = 1 << 20
 
 
 @pytest.fixture
@@ -50,8 +55,8 @@ def pieces_sent(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None] = lamb
 
     def counted_send(sock: socket.socket, message: Any, fds: Any = ()) -> None:
         real_send(sock, message, fds)
-        if message[0] == "chunks":
-            pieces.append(len(message[1]))
+        if message[0] == "slot":
+            pieces.append(len(message[1][1]))
             if len(pieces) == 1:
                 then()
 
@@ -95,6 +100,34 @@ def test_every_kind_of_entry_is_saved_through_worker_processes(repo: Repository,
     monkeypatch.undo()  # the restore below forks its own writers
     again = reopened(repo)
     assert check(again, CheckOptions(read_data=True)).ok
+    assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("slots", ["per worker", "one"])
+def test_a_big_file_is_cut_through_the_shared_slots_where_a_stream_is_cut(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slots: str
+) -> None:
+    """The walk cuts a big file a slot at a time, carrying each slot's unfinished last chunk
+    into the next: the blobs must be those of the repository's Chunker on the whole stream, or
+    the file would not deduplicate against the same bytes read another way. With one slot, the
+    carried bytes move within the slot they came from."""
+    rng = random.Random(11)
+    # random runs between zeros (cut at the largest size) and a tail that is no slot's multiple
+    data = rng.randbytes(13 * MiB + 5) + bytes(9 * MiB) + rng.randbytes(17 * MiB + 12345)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(data)
+    monkeypatch.setattr(pipeline_procs, "START_FILES", 0)
+    if slots == "one":
+        monkeypatch.setattr(pipeline_procs, "SharedSlots", lambda count, size: SharedSlots(1, size))
+    pieces = pieces_sent(monkeypatch)
+    result = backup(repo, BackupOptions([str(src)]))
+    assert result.snapshot_id is not None and len(pieces) >= len(data) // pipeline_procs.SLOT_BYTES
+    expected = {repo.blob_id(chunk) for chunk in Chunker(repo.config.chunker).chunks(io.BytesIO(data))}
+    monkeypatch.undo()
+    again = reopened(repo)
+    again.load_index()
+    assert {e.blob_id for e in again.index if e.blob_type == BlobType.DATA} == expected
     assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
 
 

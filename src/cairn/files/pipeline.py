@@ -290,10 +290,14 @@ class FileReader:
         return data
 
     def _cut(self, data: bytes) -> list[Future[bytes]]:
+        return [self._hand(chunk.data) for chunk in self._cutter().cut_buf(data)]
+
+    def _cutter(self) -> FastCDC:
+        """This thread's cutter of buffers (one per thread: FastCDC objects are not shared)."""
         cutter = getattr(self._local, "cutter", None)
         if cutter is None:
             cutter = self._local.cutter = _buffer_cutter(self.params)
-        return [self._hand(chunk.data) for chunk in cutter.cut_buf(data)]
+        return cutter
 
     def _read_head(self, fd: int, size_hint: int) -> bytes:
         """Up to `small` + 1 bytes: a small file in one read of its size plus one byte.

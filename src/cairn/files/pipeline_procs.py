@@ -8,11 +8,13 @@ from one thread to another. Worker processes do the same work without waiting fo
 Shape: the walk (archiver) stays in this process and hands batches of files exactly as to the
 reader threads (`Pipeline.read_at`), except files too big to read whole (over twice the largest
 chunk): this process's big-file reader reads and cuts those (cutting is fast, and one worker
-would seal a whole file's chunks one after another on one core: CPU/wall 1.0 for a 1 GiB file)
-and sends their chunks in pieces of PIECE_BYTES to the workers, which hash and seal them as
-they do a batch's (`_hand`; the chunks travel as raw bytes after the message, procs.send).
-Saver threads sharing this process's GIL did that before: CPU/wall 1.4 against 1.6 now, measured
-on a 1 GiB random file. A batch or piece goes to the worker with the least work outstanding,
+would seal a whole file's chunks one after another on one core: CPU/wall 1.0 for a 1 GiB file).
+It reads them into memory shared with the workers (procs.SharedSlots, a slot of SLOT_BYTES at a
+time), cuts each slot in place and sends a worker the slot's number and its chunks' offsets; the
+worker hashes and seals them from there as it does a batch's. Saver threads sharing this
+process's GIL did that before (CPU/wall 1.4), then pieces sent through the socket (two more
+copies of every byte: a 1 GiB random file took 1.35x as long). A batch or piece goes to the
+worker with the least work outstanding,
 with a copy of each folder's descriptor (SCM_RIGHTS), so a worker reaches files only relative
 to a folder the walk opened. A worker runs the threads' per-file code (`FileReader`: change
 detection, skip-and-list rules, chunking) and then, per batch or piece (or every QUEUE_BYTES of
@@ -43,20 +45,21 @@ the workers' help and then ends them.
 
 from __future__ import annotations
 
+import functools
 import os
-import pickle
 import queue
 import socket
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from cairn.errors import CairnError
 from cairn.files.chunker import RawReader
-from cairn.files.pipeline import BATCH_FILES, Aborted, FileReader, Pipeline, ReadResult, _Batch
-from cairn.files.procs import fork_children, how_it_ended, kill, portable, receive, send
+from cairn.files.pipeline import BATCH_FILES, Aborted, FileReader, Pipeline, ReadResult, _Batch, _ReadError
+from cairn.files.procs import SharedSlots, fork_children, how_it_ended, kill, portable, receive, send
 from cairn.repo.blob import BlobType
 from cairn.repo.pack import PackBuilder
 from cairn.repo.repository import Repository
@@ -68,8 +71,9 @@ bytes wait (a file that grew too big to read whole while it was read): that boun
 and asking costs one round trip."""
 
 
-PIECE_BYTES = 4 << 20
-"""A big file's chunks go to a worker in pieces of about this size (one round trip each)."""
+SLOT_BYTES = 8 << 20
+"""A big file's chunks go to a worker in pieces of about this size (one round trip each), in
+shared slots of this size (or twice the largest chunk, if more)."""
 
 START_FILES = 1000
 START_BYTES = 16 << 20
@@ -89,16 +93,16 @@ class _Worker(FileReader):
     """A worker's reader: chunks wait in `queue` until the parent says which are new, then the
     new ones are sealed into this worker's own pack."""
 
-    def __init__(self, repo: Repository, sock: socket.socket) -> None:
+    def __init__(self, repo: Repository, sock: socket.socket, slots: SharedSlots) -> None:
         super().__init__(repo.config.chunker)
         self.repo = repo
         self.sock = sock
+        self.slots = slots
         self.inbox: deque[tuple[Any, list[int]]] = deque()  # batches that came during a claim
         self.queue: list[tuple[int, bytes, bytes | memoryview]] = []
         self.queued = 0
         self.builder = PackBuilder()
         self.parent = os.getppid()
-        self.spare: bytearray | None = None  # a piece's receive buffer, once its chunks are sealed
 
     def store(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
         blob_id = self.repo.blob_id(data)
@@ -150,15 +154,7 @@ class _Worker(FileReader):
         return self.receive()
 
     def receive(self) -> tuple[Any, list[int]] | None:
-        return receive(self.sock, max_fds=BATCH_FILES, buffer_for=self.spare_for)
-
-    def spare_for(self, size: int) -> bytearray | None:
-        """The spare buffer for a message of `size` bytes, if that is a piece it can hold."""
-        spare = self.spare
-        if spare is None or size < PIECE_BYTES or size > len(spare):
-            return None
-        self.spare = None
-        return spare
+        return receive(self.sock, max_fds=BATCH_FILES)
 
     def serve(self) -> None:
         """Read each batch sent until the parent says "finish", then store the last pack."""
@@ -171,12 +167,12 @@ class _Worker(FileReader):
                     return
                 send(self.sock, ("flushed", None))
                 continue
-            if kind == "chunks":  # a piece of a big file the parent cut: ids in order
-                ids = [self.store(BlobType.DATA, chunk) for chunk in body]
-                self.settle()  # sealed: the chunks' buffer may take the next piece
+            if kind == "slot":  # a piece of a big file the parent cut in a shared slot: ids in order
+                slot, cuts = body
+                view = self.slots.view(slot)
+                ids = [self.store(BlobType.DATA, view[at:at + length]) for at, length in cuts]
+                self.settle()  # sealed (copied into the pack): the parent may fill the slot again
                 send(self.sock, ("results", (ids, 0)))
-                if body and (self.spare is None or len(body[0].obj) > len(self.spare)):
-                    self.spare = body[0].obj
                 continue
             try:
                 results = []
@@ -198,8 +194,8 @@ class _Worker(FileReader):
         # Nothing more is stored: its lock may be gone, and a pack stored now would be orphaned.
 
 
-def _run_worker(repo: Repository, sock: socket.socket) -> None:
-    worker = _Worker(repo, sock)
+def _run_worker(repo: Repository, sock: socket.socket, slots: SharedSlots) -> None:
+    worker = _Worker(repo, sock, slots)
     try:
         worker.serve()
     except EOFError:
@@ -220,17 +216,18 @@ def _weight(batch: _Batch) -> int:
 
 
 class _Piece(_Batch):
-    """Consecutive chunks of a big file, sealed by one worker; each chunk's future gets its id
-    when the worker's results come."""
+    """Consecutive chunks of a big file in one shared slot, sealed by one worker; each chunk's
+    future gets its id when the worker's results come, and then the slot is free again."""
 
-    __slots__ = ("chunks", "data")
+    __slots__ = ("chunks", "release")
 
-    def __init__(self) -> None:
+    def __init__(self, count: int, release: Callable[[], None]) -> None:
         super().__init__()
-        self.chunks: list[Future[bytes]] = []
-        self.data: list[bytes] = []
+        self.chunks: list[Future[bytes]] = [Future() for _ in range(count)]
+        self.release = release
 
     def deliver(self, future: Future[list[bytes]]) -> None:
+        self.release()
         exc = future.exception()
         if exc is None and len(future.result()) != len(self.chunks):  # never left unanswered
             exc = CairnError(f"a backup worker gave {len(future.result())} ids for {len(self.chunks)} chunks")
@@ -267,6 +264,8 @@ class ProcessPipeline(Pipeline):
         self.procs: list[_Proc] = []
         self.processes = processes
         self.handed = (0, 0)  # files and bytes handed to the threads, until the workers start
+        self.shared: SharedSlots | None = None  # made with the workers
+        self.shared_lock = threading.Lock()  # one file at a time is cut into the shared slots
         # Every file a worker reads whole shares a batch: a batch costs two round trips (the
         # claim, the results), which took longer than reading a medium file alone.
         self.batched_up_to = self.whole
@@ -274,6 +273,9 @@ class ProcessPipeline(Pipeline):
     def _start(self) -> None:
         """Fork the workers, once the walk has handed over START_FILES or START_BYTES: an
         unchanged or small backup then forks none."""
+        # Before the fork, so that the workers share it: a worker busy with each slot but one,
+        # which the big-file reader fills meanwhile.
+        self.shared = SharedSlots(self.processes + 1, max(SLOT_BYTES, self.whole))
         # On a failure here fork_children has ended the children it made; the walk closes us.
         self.procs = [_Proc(pid, sock) for pid, sock in fork_children(self.processes, self._serve)]
         for proc in self.procs:
@@ -284,7 +286,8 @@ class ProcessPipeline(Pipeline):
                 self.slots.put(None)
 
     def _serve(self, sock: socket.socket) -> None:  # in a worker
-        _run_worker(self.repo, sock)
+        assert self.shared is not None
+        _run_worker(self.repo, sock, self.shared)
 
     # -- the walker's side -------------------------------------------------------------------
 
@@ -337,41 +340,62 @@ class ProcessPipeline(Pipeline):
 
     # -- the big-file reader's side ----------------------------------------------------------
 
-    def _hand(self, chunk: bytes | memoryview) -> Future[bytes]:
-        """Once the workers run, a big file's chunks go to them in pieces (hashing, compressing
-        and sealing on every core) instead of to this process's savers (which share one GIL)."""
-        if not (self.procs and getattr(self._local, "streaming", False)):
-            return super()._hand(chunk)  # before the workers started, or a medium file read whole
-        piece = getattr(self._local, "piece", None)
-        if piece is None:
-            piece = self._local.piece = _Piece()
-        future: Future[bytes] = Future()
-        piece.chunks.append(future)
-        piece.data.append(bytes(chunk))  # the chunker's own bytes: not copied again
-        piece.size += len(chunk)
-        if piece.size >= PIECE_BYTES:
-            self._send_piece()
-        return future
-
     def _chunked(self, rest: RawReader, head: bytes) -> tuple[list[Future[bytes]], int]:
-        self._local.streaming = True
-        try:
+        """Once the workers run, a big file is read into the shared slots and cut there; each
+        slot's chunks go to the least busy worker as offsets, and the worker hashes and seals
+        them from the shared memory (hashing, compressing and sealing on every core, and no
+        copy through a socket)."""
+        if not self.procs:
             return super()._chunked(rest, head)
-        finally:
-            self._local.streaming = False
-            self._send_piece()  # the file's last chunks
+        with self.shared_lock:
+            return self._cut_in_slots(rest, head)
 
-    def _send_piece(self) -> None:
-        piece = getattr(self._local, "piece", None)
-        if piece is None:
-            return
-        self._local.piece = None
-        if self.aborted:  # nobody waits for these chunks any more
-            for chunk in piece.chunks:
-                chunk.set_exception(Aborted())
-            return
-        data, piece.data = piece.data, []
-        self._send(piece, ("chunks", [pickle.PickleBuffer(chunk) for chunk in data]), [])
+    def _cut_in_slots(self, rest: RawReader, head: bytes) -> tuple[list[Future[bytes]], int]:
+        """Fill a slot, cut it, send all its chunks but the last (which may end only further on:
+        its bytes start the next slot), until the end of the stream. A slot holds two of the
+        largest chunks, so each one sent has its next max_size bytes in view and is cut exactly
+        where a stream's chunker cuts."""
+        shared = self.shared
+        assert shared is not None
+        cutter = self._cutter()
+        futures: list[Future[bytes]] = []
+        size = 0
+        slot = shared.take()
+        view = shared.view(slot)
+        view[:len(head)] = head
+        filled = len(head)
+        try:
+            while True:
+                end = False
+                while filled < len(view):
+                    try:
+                        n = rest.readinto(view[filled:])
+                    except OSError as exc:
+                        raise _ReadError(exc) from None
+                    if not n:
+                        end = True
+                        break
+                    filled += n
+                    self._count(n)
+                if self.aborted:
+                    raise Aborted()
+                cuts = [(chunk.offset, chunk.length) for chunk in cutter.cut_buf(view[:filled])]
+                tail = (0, 0) if end else cuts.pop()
+                piece = _Piece(len(cuts), functools.partial(shared.give, slot))
+                piece.size = filled if end else tail[0]
+                futures += piece.chunks
+                size += piece.size
+                taken, slot = slot, -1  # the piece gives it back once the worker is done with it
+                self._send(piece, ("slot", (taken, cuts)), [])
+                if end:
+                    return futures, size
+                slot = shared.take()  # perhaps `taken` again: the tail is moved, not copied over
+                shared.move(slot, taken, *tail)
+                view = shared.view(slot)
+                filled = tail[1]
+        finally:
+            if slot >= 0:
+                shared.give(slot)
 
     def result(self, pending: Any) -> ReadResult:
         if self.crash is not None:

@@ -96,13 +96,19 @@ def _worth_compressing(data: bytes | memoryview, level: int) -> bool:
     return _pays(len(probe), len(_compressor(level).compress(probe, mode=zstd.ZstdCompressor.FLUSH_FRAME)))
 
 
-def blob_plaintext(data: bytes | memoryview, level: int) -> bytes:
-    """What is sealed for `data`: a flag, then the zstd frame when compressing pays, else the bytes."""
+def blob_plaintext(data: bytes | memoryview, level: int) -> bytes | memoryview:
+    """What is sealed for `data`: a flag, then the zstd frame when compressing pays, else the
+    bytes, copied behind the flag into this thread's buffer (valid until the thread's next
+    call: it is sealed at once). A new bytes object for each big incompressible chunk cost a
+    backup worker more than sealing it (fresh memory: a page fault per 4 KiB)."""
     if len(data) >= 64 and (len(data) < PROBE_FROM or _worth_compressing(data, level)):
         compressed = _compressor(level).compress(data, mode=zstd.ZstdCompressor.FLUSH_FRAME)
         if _pays(len(data), len(compressed)):
             return bytes([ZSTD]) + compressed
-    return b"".join((bytes([RAW]), data))  # one copy, also when `data` is a view
+    plain = memoryview(_buffer("plain", len(data) + 1))[: len(data) + 1]
+    plain[0] = RAW
+    plain[1:] = data  # through a memoryview: a bytearray's slice copies a non-bytearray first
+    return plain
 
 
 def seal_blob(
@@ -115,7 +121,7 @@ def seal_blob(
 
 
 def seal_blob_into(sealer: Sealer, blob_type: int, blob_id: bytes, data: bytes | memoryview,
-                   plaintext: bytes, out: memoryview) -> None:
+                   plaintext: bytes | memoryview, out: memoryview) -> None:
     """`seal_blob` written into `out`: `blob_plaintext(data)`'s OVERHEAD + len(plaintext)
     sealed bytes, in a pack's buffer."""
     sealer.seal_into(plaintext, blob_aad(blob_type, blob_id), out)
@@ -133,7 +139,7 @@ def verify_sealed(sealer: Sealer, blob_type: int, blob_id: bytes, sealed: bytes 
     was a tenth of a backup worker's page faults (perf).
     """
     short = blob_id.hex()[:12]
-    scratch = _scratch(len(sealed))
+    scratch = _buffer("scratch", len(sealed))
     try:
         with sealer.open_into(sealed, blob_aad(blob_type, blob_id), f"blob {short}", scratch) as plaintext:
             check, start = _content(plaintext, f"blob {short}")
@@ -153,19 +159,20 @@ def verify_sealed(sealer: Sealer, blob_type: int, blob_id: bytes, sealed: bytes 
 
 
 SCRATCH_MAX = 8 << 20
-"""A thread keeps a scratch buffer up to this size (twice the largest chunk); a larger tree's
+"""A thread keeps each of its buffers up to this size (twice the largest chunk); a larger tree's
 check gets one of its own."""
 
 
-def _scratch(size: int) -> bytearray:
-    """At least `size` bytes: this thread's buffer, replaced (never resized: a view of it may
-    outlive a failed check) when too small."""
+def _buffer(name: str, size: int) -> bytearray:
+    """At least `size` bytes: this thread's buffer of that name, replaced (never resized: a
+    view of it may outlive a failed check) when too small."""
     if size > SCRATCH_MAX:
         return bytearray(size)
-    scratch = getattr(_local, "scratch", None)
-    if scratch is None or len(scratch) < size:
-        scratch = _local.scratch = bytearray(size)
-    return scratch
+    buffer: bytearray | None = getattr(_local, name, None)
+    if buffer is None or len(buffer) < size:
+        buffer = bytearray(size)
+        setattr(_local, name, buffer)
+    return buffer
 
 
 def open_blob(

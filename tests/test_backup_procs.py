@@ -122,13 +122,35 @@ def test_a_big_file_is_cut_through_the_shared_slots_where_a_stream_is_cut(
         monkeypatch.setattr(pipeline_procs, "SharedSlots", lambda count, size: SharedSlots(1, size))
     pieces = pieces_sent(monkeypatch)
     result = backup(repo, BackupOptions([str(src)]))
-    assert result.snapshot_id is not None and len(pieces) >= len(data) // pipeline_procs.SLOT_BYTES
+    assert result.snapshot_id is not None
+    assert len(pieces) >= len(data) // pipeline_procs.slot_bytes(repo.config.chunker.max_size)
     expected = {repo.blob_id(chunk) for chunk in Chunker(repo.config.chunker).chunks(io.BytesIO(data))}
     monkeypatch.undo()
     again = reopened(repo)
     again.load_index()
     assert {e.blob_id for e in again.index if e.blob_type == BlobType.DATA} == expected
     assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+
+
+def shared_memory_mapped() -> int:
+    """Bytes of shared memory this process has in RAM (RssShmem)."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"RssShmem:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def test_the_shared_slots_give_their_memory_back_once_no_file_is_cut() -> None:
+    """A big file's slots are memory of the backup only while it is cut and sealed; a slot's
+    carried tail must survive a worker giving the slot back in the middle of a file."""
+    slots = SharedSlots(2, 4 * MiB)
+    before = shared_memory_mapped()
+    with slots.filling():
+        first = slots.take()
+        slots.view(first)[:] = b"t" * 4 * MiB
+        slots.give(first)  # sealed by a worker, while the walk still needs its tail
+        assert bytes(slots.view(first)[-4:]) == b"tttt"
+        assert shared_memory_mapped() - before >= 4 * MiB
+    assert shared_memory_mapped() - before < MiB
+    assert bytes(slots.view(first)[-4:]) == bytes(4)
 
 
 def test_a_blob_met_by_several_workers_is_stored_once(repo: Repository, tmp_path: Path,

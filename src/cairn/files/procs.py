@@ -8,6 +8,7 @@ opened. Both sides are cairn processes forked from one another, so the pickles a
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import mmap
 import os
@@ -16,7 +17,8 @@ import queue
 import signal
 import socket
 import struct
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _HEAD = struct.Struct("<Q")  # the pickle's length
@@ -143,8 +145,10 @@ class SharedSlots:
     through a socket (two copies and a page fault per 4 KiB on each side of it).
 
     The slots are taken and given back in the parent only; a child reads a slot it was sent
-    the number of and answers when done with it. Pages are allocated when first written, so
-    a backup without big files costs only the address space.
+    the number of and answers when done with it. Pages are allocated when first written and
+    given back to the system (MADV_REMOVE) whenever no file is being cut and every slot is
+    free: a backup's memory at its peak, the trees and the index at the end, does not carry
+    them (the walk's peak RSS on `real` was 160 MiB with them, 136 without).
     """
 
     def __init__(self, count: int, size: int) -> None:
@@ -153,13 +157,41 @@ class SharedSlots:
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(count):
             self._free.put(slot)
+        self._lock = threading.Lock()
+        self._taken = 0
+        self._filling = 0
+
+    @contextlib.contextmanager
+    def filling(self) -> Iterator[None]:
+        """Around cutting one file: its slots' bytes (a carried tail!) stay until it is done."""
+        with self._lock:
+            self._filling += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._filling -= 1
+                self._release_if_idle()
 
     def take(self) -> int:
-        """A free slot's number; blocks until a child gives one back."""
-        return self._free.get()
+        """A free slot's number; blocks until a child gives one back. Only while `filling`."""
+        slot = self._free.get()
+        with self._lock:
+            self._taken += 1
+        return slot
 
     def give(self, slot: int) -> None:
+        with self._lock:
+            self._taken -= 1
+            self._release_if_idle()
         self._free.put(slot)
+
+    def _release_if_idle(self) -> None:
+        if not self._taken and not self._filling:
+            try:
+                self._memory.madvise(mmap.MADV_REMOVE)
+            except OSError:  # a kernel without it for shared memory: the pages stay, nothing else
+                pass
 
     def view(self, slot: int) -> memoryview:
         return memoryview(self._memory)[slot * self.size:(slot + 1) * self.size]

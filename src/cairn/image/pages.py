@@ -88,35 +88,44 @@ class PageBuilder:
         return encoding.pack({"v": PAGE_FORMAT, "chunks": self.chunks, "runs": bytes(self._runs)})
 
 
-def decode_page(plaintext: bytes, chunks: int, mask_size: int, what: str) -> list[tuple[int, bytes, bytes]]:
-    """A page's chunks as (kind, id, mask), checked against the count the description expects."""
+def decode_runs(plaintext: bytes, chunks: int, mask_size: int, what: str) -> Iterator[tuple[int, int, bytes, int]]:
+    """A page's runs as (kind, count, runs, where the run's entries start in `runs`), checked
+    against the count of chunks the description expects."""
     obj = encoding.unpack_map(plaintext, what)
     if encoding.field(obj, "v", int, what) != PAGE_FORMAT:
         raise DamagedObject(f"{what} has an unknown format version")
     if encoding.field(obj, "chunks", int, what) != chunks:
         raise DamagedObject(f"{what} is damaged: it covers the wrong number of chunks")
     runs = encoding.field(obj, "runs", bytes, what)
-    out: list[tuple[int, bytes, bytes]] = []
+    covered = 0
     pos = 0
     while pos < len(runs):
         if pos + RUN_HEAD.size > len(runs):
             raise DamagedObject(f"{what} is damaged: truncated run")
         kind, count = RUN_HEAD.unpack_from(runs, pos)
         pos += RUN_HEAD.size
-        if kind not in KIND_NAMES or count < 1 or len(out) + count > chunks:
+        if kind not in KIND_NAMES or count < 1 or covered + count > chunks:
             raise DamagedObject(f"{what} is damaged: bad run")
+        entry = 0 if kind in (ZERO, UNUSED) else ID_SIZE + (mask_size if kind == PARTIAL else 0)
+        if pos + count * entry > len(runs):
+            raise DamagedObject(f"{what} is damaged: truncated run")
+        yield kind, count, runs, pos
+        covered += count
+        pos += count * entry
+    if covered != chunks:
+        raise DamagedObject(f"{what} is damaged: runs do not cover the page")
+
+
+def decode_page(plaintext: bytes, chunks: int, mask_size: int, what: str) -> list[tuple[int, bytes, bytes]]:
+    """A page's chunks as (kind, id, mask), checked against the count the description expects."""
+    out: list[tuple[int, bytes, bytes]] = []
+    for kind, count, runs, pos in decode_runs(plaintext, chunks, mask_size, what):
         if kind in (ZERO, UNUSED):
             out.extend([(kind, b"", b"")] * count)
             continue
         entry = ID_SIZE + (mask_size if kind == PARTIAL else 0)
-        if pos + count * entry > len(runs):
-            raise DamagedObject(f"{what} is damaged: truncated run")
-        for i in range(count):
-            at = pos + i * entry
+        for at in range(pos, pos + count * entry, entry):
             out.append((kind, runs[at : at + ID_SIZE], runs[at + ID_SIZE : at + entry]))
-        pos += count * entry
-    if len(out) != chunks:
-        raise DamagedObject(f"{what} is damaged: runs do not cover the page")
     return out
 
 
@@ -150,6 +159,23 @@ def iter_chunks(repo: Repository, disk: Disk, region: Region) -> Iterator[ChunkR
     """Every chunk of a region in order, loading one page at a time."""
     for page_no in range(len(region.pages)):
         yield from page_refs(repo, disk, region, page_no)
+
+
+def used_length(repo: Repository, disk: Disk, region: Region) -> int:
+    """The bytes of a region's chunks that are not UNUSED, counted by runs: a restore's total
+    for its progress, without making an object per chunk (a delta restore's pass over the
+    pages took 4-8 ms of its 165 so)."""
+    mask_size = mask_length(disk.chunk, region.block)
+    total = 0
+    for page_no, page_id in enumerate(region.pages):
+        first, count = disk.page_span(region, page_no)
+        what = f"extent page {page_id.hex()[:12]}"
+        for kind, run, _, _ in decode_runs(load_page(repo, page_id, what), count, mask_size, what):
+            end = (first + run) * disk.chunk
+            if kind != UNUSED:  # only the region's last chunk may be shorter than the others
+                total += run * disk.chunk - max(0, end - region.length)
+            first += run
+    return total
 
 
 def load_chunk(repo: Repository, ref: ChunkRef) -> bytes:

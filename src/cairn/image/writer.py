@@ -38,7 +38,7 @@ from cairn.image import chunks as chunks_mod
 from cairn.image import gpt
 from cairn.image.device import Device
 from cairn.image.format import Disk, Region
-from cairn.image.pages import PARTIAL, UNUSED, ZERO, ChunkRef, iter_chunks, load_chunk
+from cairn.image.pages import PARTIAL, UNUSED, ZERO, ChunkRef, iter_chunks, load_chunk, used_length
 from cairn.repo.repository import Repository
 
 Progress = Callable[[int, int], None]
@@ -129,9 +129,7 @@ class Writer:
         needed = self.needed_size(partition)
         if self.target.size < needed:
             raise DamagedObject(f"internal: target of {self.target.size} bytes is smaller than {needed}")
-        self.stats.bytes_total = sum(
-            ref.length for region in regions for ref in iter_chunks(self.repo, self.disk, region) if ref.kind != UNUSED
-        )
+        self.stats.bytes_total = sum(used_length(self.repo, self.disk, region) for region in regions)
         if self.delta:
             self.target.advise_sequential()
         done = 0

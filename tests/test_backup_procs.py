@@ -24,6 +24,7 @@ from cairn.errors import CairnError
 from cairn.files import pipeline_procs
 from cairn.files.archiver import BackupStatus
 from cairn.files.chunker import Chunker
+from cairn.files.pipeline import FileReader
 from cairn.files.procs import SharedSlots
 from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.check import CheckOptions, check
@@ -130,6 +131,37 @@ def test_a_big_file_is_cut_through_the_shared_slots_where_a_stream_is_cut(
     again.load_index()
     assert {e.blob_id for e in again.index if e.blob_type == BlobType.DATA} == expected
     assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+
+
+def test_a_big_file_changed_while_cut_in_the_shared_slots_is_read_again(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big file appended to while the walk cuts it through the slots: the first pass's chunks
+    are dropped, the file is read again from the start, and the snapshot holds what it became."""
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "big.bin"
+    big.write_bytes(random.Random(5).randbytes(12 * MiB + 3))
+    monkeypatch.setattr(pipeline_procs, "START_FILES", 0)
+    real_content = FileReader._content
+    appended: list[int] = []
+
+    def read_then_append(self: FileReader, fd: int, size_hint: int) -> Any:
+        result = real_content(self, fd, size_hint)
+        if not appended and os.readlink(f"/proc/self/fd/{fd}") == str(big):
+            appended.append(fd)
+            with open(big, "ab") as f:
+                f.write(b"appended while the walk cut the file\n")
+        return result
+
+    monkeypatch.setattr(FileReader, "_content", read_then_append)
+    pieces = pieces_sent(monkeypatch)
+    result = backup(repo, BackupOptions([str(src)]))
+    assert appended and pieces  # it went through the slots
+    assert result.snapshot_id is not None and result.skipped == []
+    assert result.warnings == [(str(big), "changed while it was read; read again")]
+    monkeypatch.undo()
+    assert restored(reopened(repo), result.snapshot_id, src, tmp_path / "out") == []
 
 
 def shared_memory_mapped() -> int:

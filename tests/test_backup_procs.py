@@ -240,9 +240,18 @@ def test_workers_killed_while_sealing_a_big_file_fail_the_backup_in_one_line(rep
             os.kill(pid, signal.SIGKILL)
 
     pieces = pieces_sent(monkeypatch, then=kill_the_workers)
+    read: list[int] = []  # by the walk: it stops reading a file nobody is left to seal
+    real_count = pipeline_procs.ProcessPipeline._count
+
+    def counted(self: pipeline_procs.ProcessPipeline, n: int) -> None:
+        read.append(n)
+        real_count(self, n)
+
+    monkeypatch.setattr(pipeline_procs.ProcessPipeline, "_count", counted)
     with pytest.raises(CairnError) as caught:
         backup(repo, BackupOptions([str(src)]))
     assert pieces and len(killed) == pipeline_procs.worker_processes()
+    assert sum(read) < 32 * 1024 * 1024
     assert re.fullmatch(r"backup worker process (\d+) ended unexpectedly \(killed by signal 9\); "
                         r"nothing of this run was saved as a snapshot: run the backup again", str(caught.value))
     assert int(str(caught.value).split()[3]) in killed

@@ -384,6 +384,8 @@ class ProcessPipeline(Pipeline):
                     self._count(n)
                 if self.aborted:
                     raise Aborted()
+                if self.crash is not None:  # a worker died: read no more of a file nobody will seal
+                    raise self.crash
                 cuts = [(chunk.offset, chunk.length) for chunk in cutter.cut_buf(view[:filled])]
                 tail = (0, 0) if end else cuts.pop()
                 piece = _Piece(len(cuts), functools.partial(shared.give, slot))

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 
 from cairn.errors import CairnError
-from cairn.files import pipeline_procs
+from cairn.files import pipeline_procs, procs
 from cairn.files.archiver import BackupStatus
 from cairn.files.chunker import Chunker
 from cairn.files.pipeline import FileReader
@@ -162,6 +163,45 @@ def test_a_big_file_changed_while_cut_in_the_shared_slots_is_read_again(
     assert result.warnings == [(str(big), "changed while it was read; read again")]
     monkeypatch.undo()
     assert restored(reopened(repo), result.snapshot_id, src, tmp_path / "out") == []
+
+
+def test_an_aborted_backup_stops_a_worker_mid_write_without_leaving_a_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An aborted backup ends its workers with `stop` (SIGTERM, SIGKILL only after a grace): one
+    caught writing a pack removes its temporary file on the way out, as on any error, instead of
+    leaving it in the repository (a SIGKILL did, 1 run in 8 of test_full_disk)."""
+    backend = LocalBackend(tmp_path / "repo")
+    writing = tmp_path / "writing"
+
+    def slow_commit(self: LocalBackend, temp: str, path: str) -> None:
+        writing.touch()
+        time.sleep(60)
+
+    monkeypatch.setattr(LocalBackend, "_commit", slow_commit)
+
+    def serve(sock: socket.socket) -> None:
+        procs.stoppable()
+        try:
+            backend.store("data/ab/abcdef", b"a pack" * 1000)
+        except procs.Stopped:
+            return
+
+    [(pid, sock)] = procs.fork_children(1, serve)
+    try:
+        deadline = time.monotonic() + 30
+        while not writing.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list((tmp_path / "repo").rglob(".tmp-*"))  # caught in the middle of the write
+        started = time.monotonic()
+        procs.stop([pid], grace=20)
+        assert time.monotonic() - started < 10
+        assert procs.how_it_ended(pid) == "exit status 0"  # left by itself, not killed
+    finally:
+        procs.kill(pid)
+        os.waitpid(pid, 0)
+        sock.close()
+    assert list((tmp_path / "repo").rglob(".tmp-*")) == []
 
 
 def shared_memory_mapped() -> int:

@@ -40,7 +40,9 @@ threads. Anything else in a worker (a full disk, a bug) is sent here and raised 
 a worker that dies (killed, out of memory) fails the backup with one line naming it. Nothing is
 half-written: a pack is stored whole or not at all, and no snapshot refers to a blob whose pack
 was not reported. Ctrl-C reaches the walk only (workers ignore SIGINT), which checkpoints with
-the workers' help and then ends them.
+the workers' help and then ends them. An aborted backup ends its workers with SIGTERM, which a
+worker turns into an exception (procs.stoppable), so a pack it was writing is removed as on any
+error; SIGKILL follows only for one still running after STOP_GRACE.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ from typing import Any
 from cairn.errors import CairnError
 from cairn.files.chunker import RawReader
 from cairn.files.pipeline import BATCH_FILES, Aborted, FileReader, Pipeline, ReadResult, _Batch, _ReadError
-from cairn.files.procs import SharedSlots, fork_children, how_it_ended, kill, portable, receive, send
+from cairn.files.procs import (
+    SharedSlots, Stopped, fork_children, how_it_ended, kill, portable, receive, send, stop, stoppable,
+)
 from cairn.repo.blob import BlobType
 from cairn.repo.pack import PackBuilder
 from cairn.repo.repository import Repository
@@ -78,6 +82,9 @@ def slot_bytes(max_size: int) -> int:
     (5 MiB): 3 slots of 5 MiB went as fast as 4 of 8 on a 1 GiB random file, and a first backup
     of `real` peaked at 136 MiB in the walk's process instead of 155."""
     return max_size + max_size // 4
+
+STOP_GRACE = 5.0
+"""Seconds an aborted backup gives its workers to leave cleanly before killing them."""
 
 START_FILES = 1000
 START_BYTES = 16 << 20
@@ -199,10 +206,11 @@ class _Worker(FileReader):
 
 
 def _run_worker(repo: Repository, sock: socket.socket, slots: SharedSlots) -> None:
+    stoppable()
     worker = _Worker(repo, sock, slots)
     try:
         worker.serve()
-    except EOFError:
+    except (EOFError, Stopped):
         return  # the parent is gone or ending the backup: nothing to report to
     except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
         try:
@@ -431,11 +439,11 @@ class ProcessPipeline(Pipeline):
         raises what a worker failed with, unless aborting anyway."""
         self.closing = True
         super().close(abort)
+        if abort:  # a pack being written is removed, not left as a temporary file (Stopped)
+            stop([proc.pid for proc in self.procs], STOP_GRACE)
         for proc in self.procs:
             try:
-                if abort:
-                    kill(proc.pid)
-                else:
+                if not abort:
                     with proc.send_lock:
                         send(proc.sock, ("finish", None))  # store the last pack, then end
                 proc.sock.shutdown(socket.SHUT_WR)

@@ -62,7 +62,7 @@ from cairn.errors import CairnError
 from cairn.files.chunker import RawReader
 from cairn.files.pipeline import BATCH_FILES, Aborted, FileReader, Pipeline, ReadResult, _Batch, _ReadError
 from cairn.files.procs import (
-    SharedSlots, Stopped, fork_children, how_it_ended, kill, portable, receive, send, stop, stoppable,
+    SharedSlots, Stopped, fork_children, how_it_ended, portable, receive, send, stop, stoppable,
 )
 from cairn.repo.blob import BlobType
 from cairn.repo.pack import PackBuilder
@@ -104,11 +104,11 @@ class _Worker(FileReader):
     """A worker's reader: chunks wait in `queue` until the parent says which are new, then the
     new ones are sealed into this worker's own pack."""
 
-    def __init__(self, repo: Repository, sock: socket.socket, slots: SharedSlots) -> None:
+    def __init__(self, repo: Repository, sock: socket.socket, shared: SharedSlots) -> None:
         super().__init__(repo.config.chunker)
         self.repo = repo
         self.sock = sock
-        self.slots = slots
+        self.shared = shared  # ProcessPipeline.shared, inherited by the fork
         self.inbox: deque[tuple[Any, list[int]]] = deque()  # batches that came during a claim
         self.queue: list[tuple[int, bytes, bytes | memoryview]] = []
         self.queued = 0
@@ -180,7 +180,7 @@ class _Worker(FileReader):
                 continue
             if kind == "slot":  # a piece of a big file the parent cut in a shared slot: ids in order
                 slot, cuts = body
-                view = self.slots.view(slot)
+                view = self.shared.view(slot)
                 ids = [self.store(BlobType.DATA, view[at:at + length]) for at, length in cuts]
                 self.settle()  # sealed (copied into the pack): the parent may fill the slot again
                 send(self.sock, ("results", (ids, 0)))
@@ -205,9 +205,9 @@ class _Worker(FileReader):
         # Nothing more is stored: its lock may be gone, and a pack stored now would be orphaned.
 
 
-def _run_worker(repo: Repository, sock: socket.socket, slots: SharedSlots) -> None:
+def _run_worker(repo: Repository, sock: socket.socket, shared: SharedSlots) -> None:
     stoppable()
-    worker = _Worker(repo, sock, slots)
+    worker = _Worker(repo, sock, shared)
     try:
         worker.serve()
     except (EOFError, Stopped):
@@ -379,17 +379,7 @@ class ProcessPipeline(Pipeline):
         filled = len(head)
         try:
             while True:
-                end = False
-                while filled < len(view):
-                    try:
-                        n = rest.readinto(view[filled:])
-                    except OSError as exc:
-                        raise _ReadError(exc) from None
-                    if not n:
-                        end = True
-                        break
-                    filled += n
-                    self._count(n)
+                filled, end = self._fill(rest, view, filled)
                 if self.aborted:
                     raise Aborted()
                 if self.crash is not None:  # a worker died: read no more of a file nobody will seal
@@ -411,6 +401,20 @@ class ProcessPipeline(Pipeline):
         finally:
             if slot >= 0:
                 shared.give(slot)
+
+    def _fill(self, rest: RawReader, view: memoryview, filled: int) -> tuple[int, bool]:
+        """Read into `view` after its first `filled` bytes until it is full or the stream ends:
+        (bytes now in it, whether the stream ended)."""
+        while filled < len(view):
+            try:
+                n = rest.readinto(view[filled:])
+            except OSError as exc:
+                raise _ReadError(exc) from None
+            if not n:
+                return filled, True
+            filled += n
+            self._count(n)
+        return filled, False
 
     def result(self, pending: Any) -> ReadResult:
         if self.crash is not None:
@@ -494,8 +498,8 @@ class ProcessPipeline(Pipeline):
                     self.crash = self.crash or body
         except Exception as exc:  # noqa: BLE001 - storing the index failed, or a garbled message
             self.crash = self.crash or exc
-            kill(proc.pid)
-            proc.ended = f"killed by cairn: {exc}"
+            stop([proc.pid], STOP_GRACE)  # as in `close`: a pack it was writing is removed
+            proc.ended = f"stopped by cairn: {exc}"
         if self.crash is None and not (self.closing and not proc.sent):
             how = proc.ended or how_it_ended(proc.pid)  # `close` reaps it
             self.crash = CairnError(f"backup worker process {proc.pid} ended unexpectedly ({how}); "

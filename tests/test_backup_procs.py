@@ -204,6 +204,37 @@ def test_an_aborted_backup_stops_a_worker_mid_write_without_leaving_a_temporary_
     assert list((tmp_path / "repo").rglob(".tmp-*")) == []
 
 
+def test_a_worker_stopped_while_its_pack_fills_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repo: Repository
+) -> None:
+    """A worker streams its pack into a temporary file as it fills; stopped (an aborted
+    backup) or failing before the pack is stored, it removes that file on the way out."""
+    filling = tmp_path / "filling"
+
+    def serve(self: pipeline_procs._Worker) -> None:
+        data = os.urandom(3 << 20)
+        self.repo.seal_into(self.builder, BlobType.DATA, self.repo.blob_id(data), data)
+        filling.touch()
+        time.sleep(60)
+
+    monkeypatch.setattr(pipeline_procs._Worker, "serve", serve)
+    shared = SharedSlots(1, 1 << 20)
+    [(pid, sock)] = procs.fork_children(1, lambda sock: pipeline_procs._run_worker(repo, sock, shared))
+    try:
+        deadline = time.monotonic() + 30
+        while not filling.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list((tmp_path / "repo").rglob(".tmp-*"))  # the pack, begun
+        procs.stop([pid], grace=20)
+        assert procs.how_it_ended(pid) == "exit status 0"  # left by itself, not killed
+    finally:
+        procs.kill(pid)
+        os.waitpid(pid, 0)
+        sock.close()
+    assert list((tmp_path / "repo").rglob(".tmp-*")) == []
+    assert list(repo.backend.list("data/")) == []
+
+
 def shared_memory_mapped() -> int:
     """Bytes of shared memory this process has in RAM (RssShmem)."""
     status = Path("/proc/self/status").read_text()

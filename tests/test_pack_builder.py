@@ -12,8 +12,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+import pytest
+
 from cairn.repo.blob import BlobType, open_blob
-from cairn.repo.pack import PackBuilder, object_name
+from cairn.repo.pack import SINK_BYTES, PackBuilder, object_name
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
 from conftest import FAST_KDF
@@ -34,19 +36,22 @@ def read_pack_as_format_md_says(data: bytes, pack_id: bytes, data_key: bytes) ->
     return records
 
 
-def test_packs_sealed_in_place_in_a_reused_buffer_are_exactly_the_documented_format(tmp_path: Path) -> None:
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
+def test_packs_sealed_in_place_in_a_reused_buffer_are_exactly_the_documented_format(tmp_path: Path, streamed: bool) -> None:
+    """Also for a pack streamed to its local folder as it fills (`Repository.streamed_pack`)."""
     repo = Repository.init(LocalBackend(tmp_path / "repo"), b"pw", FAST_KDF)
+    new_pack = repo.streamed_pack if streamed else PackBuilder
     rng = random.Random(5)
     first = [rng.randbytes(3 << 20), b"text " * 100_000, b""]  # incompressible, compressible, empty
     second = [rng.randbytes(1000)]  # far smaller: the reused buffer's old bytes must not show
-    builder = PackBuilder()
+    builder = new_pack()
     stored = []
     for contents in (first, second):
         for data in contents:
             repo.seal_into(builder, BlobType.DATA, repo.blob_id(data), data)
         repo.store_pack(builder)
         stored.append((builder.pack_id, contents))
-        builder = PackBuilder(reuse=builder)
+        builder = new_pack(reuse=builder)
 
     for pack_id, contents in stored:
         raw = repo.backend.load(object_name(pack_id))
@@ -59,3 +64,32 @@ def test_packs_sealed_in_place_in_a_reused_buffer_are_exactly_the_documented_for
             assert open_blob(repo.sealer, repo.hasher, blob_type, blob_id, sealed) == content
             offset += length
     assert os.path.getsize(tmp_path / "repo" / object_name(stored[1][0])) < 2000
+
+
+def test_a_streamed_pack_is_written_as_it_fills_and_is_no_object_until_stored(tmp_path: Path) -> None:
+    """A backup worker's pack on a local folder goes into a temporary file a megabyte at a
+    time, so the worker holds about that much of it rather than the whole pack; nothing lists
+    it until it is stored, and an abandoned one (a failed or stopped backup) leaves nothing."""
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), b"pw", FAST_KDF)
+    rng = random.Random(6)
+    contents = [rng.randbytes(700_000) for _ in range(12)]  # 8.4 MB, incompressible
+    builder = repo.streamed_pack()
+    for data in contents:
+        repo.seal_into(builder, BlobType.DATA, repo.blob_id(data), data)
+    [temporary] = list((tmp_path / "repo").rglob(".tmp-*"))
+    assert builder.size - temporary.stat().st_size < SINK_BYTES + 700_100  # the rest is on disk
+    assert list(repo.backend.list("data/")) == []
+    repo.store_pack(builder)
+    assert list((tmp_path / "repo").rglob(".tmp-*")) == []
+    raw = repo.backend.load(object_name(builder.pack_id))
+    records = read_pack_as_format_md_says(raw, builder.pack_id, repo.master.data_key)
+    assert [blob_id for _, blob_id, _, _ in records] == [repo.blob_id(d) for d in contents]
+
+    abandoned = repo.streamed_pack(reuse=builder)
+    for data in contents:
+        repo.seal_into(abandoned, BlobType.DATA, repo.blob_id(data), data)
+    assert list((tmp_path / "repo").rglob(".tmp-*"))
+    assert abandoned.sink is not None
+    abandoned.sink.discard()
+    assert list((tmp_path / "repo").rglob(".tmp-*")) == []
+    assert [info.name for info in repo.backend.list("data/")] == [object_name(builder.pack_id)]

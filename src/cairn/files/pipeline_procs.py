@@ -20,9 +20,11 @@ per-file code (`FileReader`: change detection, skip-and-list rules, chunking) an
 batch or piece (or every QUEUE_BYTES of a medium file), asks this process which of the chunks
 it hashed are new (`Repository.claim_blobs`: this process alone decides what the repository
 has, so a blob two workers meet is stored once, and packs of other snapshots that the backup
-relies on are noted as with threads). It seals the new ones into a pack of its own and stores
-it; this process indexes each pack the worker reports (`Repository.add_pack`) and writes the
-index objects. Trees are stored here, by the walk.
+relies on are noted as with threads). It seals the new ones into a pack of its own, written
+into a temporary file in the repository as it fills (`Repository.streamed_pack`: a worker held
+a whole 16 MiB pack in memory before, 46 MiB of a first backup's 261 over all its processes),
+and stores it; this process indexes each pack the worker reports (`Repository.add_pack`) and
+writes the index objects. Trees are stored here, by the walk.
 
 The content ids a batch's results carry may sit in a worker's unfinished pack: `flush` (before a
 checkpoint) and `close` have every worker store its pack and report it before anything refers
@@ -65,7 +67,6 @@ from cairn.files.procs import (
     SharedSlots, Stopped, fork_children, how_it_ended, portable, receive, send, stop, stoppable,
 )
 from cairn.repo.blob import BlobType
-from cairn.repo.pack import PackBuilder
 from cairn.repo.repository import Repository
 
 BATCHES_PER_WORKER = 3  # one being read, two waiting: a worker never idles for the walk
@@ -112,7 +113,7 @@ class _Worker(FileReader):
         self.inbox: deque[tuple[Any, list[int]]] = deque()  # batches that came during a claim
         self.queue: list[tuple[int, bytes, bytes | memoryview]] = []
         self.queued = 0
-        self.builder = PackBuilder()
+        self.builder = repo.streamed_pack()
         self.parent = os.getppid()
 
     def store(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
@@ -149,7 +150,7 @@ class _Worker(FileReader):
             builder = self.builder
             self.repo.store_pack(builder)
             send(self.sock, ("pack", (builder.pack_id, builder.entries)))
-            self.builder = PackBuilder(reuse=builder)
+            self.builder = self.repo.streamed_pack(reuse=builder)
 
     def reply(self, kind: str) -> Any:
         """The parent's next message of `kind`; batches sent meanwhile wait in the inbox."""
@@ -218,6 +219,9 @@ def _run_worker(repo: Repository, sock: socket.socket, shared: SharedSlots) -> N
         except OSError:
             pass
         raise
+    finally:
+        if worker.builder.sink is not None:  # a pack begun and not stored: its temporary file goes
+            worker.builder.sink.discard()
 
 
 # -- the parent's side -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cairn.errors import DamagedObject
 from cairn.repo.crypto import OVERHEAD, Sealer
@@ -48,8 +49,25 @@ class PackEntry:
     raw_length: int
 
 
+class PackSink(Protocol):
+    """Where a streamed pack's bytes go as it fills (storage.local.ObjectWriter)."""
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+SINK_BYTES = 1 << 20
+"""A streamed pack hands its bytes to its sink in pieces of about this size: a write per
+megabyte rather than per blob, and a megabyte held rather than the whole pack."""
+
+
 class PackBuilder:
-    """Collects sealed blobs in memory until the pack is full enough to upload.
+    """Collects sealed blobs until the pack is full enough to upload: in memory, or, with a
+    `sink` (a backup worker's pack on a local folder), given to it a megabyte at a time so
+    the pack is never held whole.
 
     A writer that fills one pack after another hands each one's buffer on to the next
     (`reuse`): a buffer grown afresh per pack had every page faulted in again, with the sealed
@@ -57,11 +75,13 @@ class PackBuilder:
     straight into it (`add_filled`).
     """
 
-    def __init__(self, reuse: PackBuilder | None = None) -> None:
+    def __init__(self, reuse: PackBuilder | None = None, sink: PackSink | None = None) -> None:
         self.pack_id = new_pack_id()
         self._buffer: bytearray = bytearray() if reuse is None else reuse._buffer
-        self._size = 0
+        self._size = 0  # bytes of the pack so far: where the next blob starts
+        self._held = 0  # the last of them, still in the buffer (all, without a sink)
         self.entries: list[PackEntry] = []
+        self.sink = sink
 
     @property
     def size(self) -> int:
@@ -83,30 +103,41 @@ class PackBuilder:
         entry = PackEntry(blob_type, blob_id, self._size, length, raw_length)
         with self._next(length) as out:
             fill(out)
-        self._size += length
+        self._added(length)
         self.entries.append(entry)
         return entry
 
     def _next(self, length: int) -> memoryview:
-        end = self._size + length
+        end = self._held + length
         if end > len(self._buffer):
             self._buffer += bytes(end - len(self._buffer))
-        return memoryview(self._buffer)[self._size:end]
+        return memoryview(self._buffer)[self._held:end]
 
     def _append(self, data: bytes | memoryview) -> None:
         with self._next(len(data)) as out:
             out[:] = data
-        self._size += len(data)
+        self._added(len(data))
+
+    def _added(self, length: int) -> None:
+        self._size += length
+        self._held += length
+        if self.sink is not None and self._held >= SINK_BYTES:
+            with memoryview(self._buffer) as whole, whole[:self._held] as held:
+                self.sink.write(held)
+            self._held = 0
 
     def finish(self, sealer: Sealer) -> memoryview:
-        """The complete pack object's bytes (a view of the builder's buffer: no 16 MiB copy)."""
+        """The header and trailer added, the pack's bytes not given to the sink yet: all of
+        them without one (a view of the builder's buffer: no 16 MiB copy)."""
         header = bytearray(HEADER_START.pack(PACK_FORMAT, len(self.entries)))
         for e in self.entries:
             header += RECORD.pack(e.blob_type, e.blob_id, e.length, e.raw_length)
         sealed = sealer.seal(header, header_aad(self.pack_id))
+        sink, self.sink = self.sink, None  # the tail is returned whole, not handed on
         self._append(sealed)
         self._append(TRAILER.pack(len(sealed)))
-        return memoryview(self._buffer)[:self._size]
+        self.sink = sink
+        return memoryview(self._buffer)[:self._held]
 
 
 def header_tail_size(pack_size: int) -> int:

@@ -28,6 +28,7 @@ from cairn.repo.pack import PackBuilder, PackEntry, object_name, parse_header, h
 from cairn.repo.snapshot import Snapshot
 from cairn.storage import cache as cache_mod
 from cairn.storage.base import Backend
+from cairn.storage.local import LocalBackend
 
 # Write an index object at least every this many packs. Packs stored since the last one are
 # adopted by the next run after a kill (repo/adopt.py), so this bounds the work of adopting them
@@ -298,8 +299,23 @@ class Repository:
                            lambda out: seal_blob_into(self.sealer, blob_type, blob_id, data, plaintext, out))
 
     def store_pack(self, builder: PackBuilder) -> None:
-        """Write a filled pack to storage; nothing names it until `add_pack`."""
-        self.backend.store(object_name(builder.pack_id), builder.finish(self.sealer))
+        """Write a filled pack to storage (the rest of it, for a streamed one); nothing names
+        it until `add_pack`."""
+        rest = builder.finish(self.sealer)
+        if builder.sink is None:
+            self.backend.store(object_name(builder.pack_id), rest)
+        else:
+            builder.sink.write(rest)
+            builder.sink.commit()
+
+    def streamed_pack(self, reuse: PackBuilder | None = None) -> PackBuilder:
+        """A new pack written to storage as it fills where the backend can take an object in
+        parts (a local folder): a backup worker then holds a megabyte of it, not 16 MiB. Its
+        owner discards the sink if the pack is abandoned."""
+        builder = PackBuilder(reuse)
+        if isinstance(self.backend, LocalBackend):
+            builder.sink = self.backend.writer(object_name(builder.pack_id))
+        return builder
 
     def add_pack(self, pack_id: bytes, entries: list[PackEntry]) -> None:
         """Index a stored pack: its blobs are no longer in flight, and an index object names it

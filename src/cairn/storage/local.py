@@ -86,34 +86,15 @@ class LocalBackend:
         after it the whole new content is, and both the file and its folder are fsynced so a
         power loss cannot bring back the old version or a hole.
         """
-        path = self._path(name)
         with memoryview(data) as view:  # released on return: a view kept alive pins the buffer
             check_size(name, view.nbytes)
-            self._store(name, path, view)
+            with self.writer(name) as writer:
+                writer.write(view)
+                writer.commit()
 
-    def _store(self, name: str, path: str, view: memoryview) -> None:
-        folder = os.path.dirname(path)
-        temp = os.path.join(folder, TEMP_PREFIX + os.urandom(8).hex())  # not secrets: it loads libcrypto (~4 MiB RSS)
-        try:
-            try:
-                handle = open(temp, "xb")
-            except FileNotFoundError:
-                self._make_folders(folder)
-                handle = open(temp, "xb")
-        except OSError as exc:
-            raise self._error(exc, name, "write") from exc
-        try:
-            with handle:
-                handle.write(view)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self._commit(temp, path)
-            _fsync_folder(folder)
-        except BaseException as exc:
-            _remove_quietly(temp)
-            if isinstance(exc, OSError):
-                raise self._error(exc, name, "write") from exc
-            raise
+    def writer(self, name: str) -> ObjectWriter:
+        """`store` in parts: for a writer that would otherwise hold a whole object in memory."""
+        return ObjectWriter(self, name)
 
     def _commit(self, temp: str, path: str) -> None:
         """The one step that makes a new object visible (a seam tests use to simulate a crash)."""
@@ -236,6 +217,78 @@ class LocalBackend:
 
     def close(self) -> None:
         """Nothing to release: no handle is held between calls."""
+
+
+class ObjectWriter:
+    """One object written in parts, then made visible whole by `commit`: the temporary file,
+    fsyncs and rename of `LocalBackend.store`, which writes through it. A backup worker streams
+    its pack this way instead of holding 16 MiB until the pack is full. Leaving the `with`
+    block without `commit` (an error, a worker told to stop) removes the temporary file.
+    """
+
+    def __init__(self, backend: LocalBackend, name: str) -> None:
+        self._backend, self._name = backend, name
+        self._path = backend._path(name)
+        self._fd = -1
+        self._temp = ""
+        self.size = 0
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def write(self, data: bytes | memoryview) -> None:
+        with memoryview(data) as view:
+            check_size(self._name, self.size + view.nbytes)
+            try:
+                if self._fd < 0:
+                    self._open()
+                done = 0
+                while done < view.nbytes:
+                    done += os.write(self._fd, view[done:])
+            except OSError as exc:
+                self.discard()
+                raise self._backend._error(exc, self._name, "write") from exc
+            self.size += view.nbytes
+
+    def _open(self) -> None:
+        folder = os.path.dirname(self._path)
+        temp = os.path.join(folder, TEMP_PREFIX + os.urandom(8).hex())  # not secrets: it loads libcrypto (~4 MiB RSS)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            self._fd = os.open(temp, flags, 0o666)
+        except FileNotFoundError:
+            self._backend._make_folders(folder)
+            self._fd = os.open(temp, flags, 0o666)
+        self._temp = temp
+
+    def commit(self) -> None:
+        """Make the object durable and visible (an empty one if nothing was written)."""
+        try:
+            if self._fd < 0:
+                self._open()
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            self._backend._commit(self._temp, self._path)
+            self._temp = ""
+            _fsync_folder(os.path.dirname(self._path))
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError):
+                raise self._backend._error(exc, self._name, "write") from exc
+            raise
+
+    def discard(self) -> None:
+        """Forget what was written, unless committed: close and remove the temporary file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._temp:
+            _remove_quietly(self._temp)
+            self._temp = ""
 
 
 def replace_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = False) -> None:

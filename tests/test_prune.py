@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,26 @@ def test_leftover_packs_of_an_interrupted_backup_are_removed(history: History, c
     assert done["leftover_packs"] == 1 and done["deleted_packs"] == 1
     result = check(open_repo(repo_dir), CheckOptions())
     assert result.errors == [] and not any("unindexed" in w for w in result.warnings)
+    history.verify()
+
+
+def test_temporary_files_of_killed_writes_are_removed_once_a_day_old(history: History, cli: CliRun, repo_dir: Path) -> None:
+    """A backup killed while its pack was being written leaves a temporary file (a pack in
+    progress is no object): prune removes those over a day old, never a younger one, which
+    may be a backup writing now."""
+    history.write("a.bin", 100_000)
+    history.backup()
+    old, young = repo_dir / "data" / "00" / ".tmp-0123456789abcdef", repo_dir / "data" / "00" / ".tmp-fedcba9876543210"
+    old.parent.mkdir(exist_ok=True)
+    for path in (old, young):
+        path.write_bytes(os.urandom(100_000))
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    assert prune_cli(cli, repo_dir, "--dry-run")["temporaries_removed"] == 0 and old.exists()
+    result = cli("-r", str(repo_dir), "prune")
+    assert result.exit_code == 0, result.stderr
+    assert "removed 1 temporary files that interrupted writes left over a day ago" in result.stdout
+    assert not old.exists() and young.exists()
     history.verify()
 
 

@@ -53,6 +53,8 @@ def show(out: Output, result: Any) -> None:
     )
     if result.reindexed_packs:
         out.result(f"indexed {result.reindexed_packs:,} packs again that new snapshots need")
+    if result.temporaries_removed:
+        out.result(f"removed {result.temporaries_removed:,} temporary files that interrupted writes left over a day ago")
     if not result.dry_run:
         out.result(
             f"deleted {result.deleted_packs:,} packs ({human_size(result.deleted_bytes)}) and "

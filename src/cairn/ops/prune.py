@@ -40,6 +40,7 @@ from cairn.repo.index import RECORD, iter_records
 from cairn.repo.pack import PackEntry, object_name
 from cairn.repo.repository import Repository
 from cairn.repo.table import IndexTable, list_ids, read_index_objects, try_load_table
+from cairn.storage.local import LocalBackend
 
 Progress = Callable[[str, int, int], None]
 KILL_ENV = "CAIRN_TEST_PRUNE_KILL_AT"
@@ -86,6 +87,8 @@ class PruneResult:
     deleted_bytes: int = 0
     deleted_indexes: int = 0
     reindexed_packs: int = 0
+    temporaries_removed: int = 0
+    """Temporary files of writes killed half-way (over a day old) removed from a local folder."""
     pending: int = 0
     """Pending objects left for a later prune (other processes held locks)."""
     waiting_for: list[str] = field(default_factory=list)
@@ -159,6 +162,9 @@ class _Prune:
         ripe = [p for p in self.pendings if not mnt.blocking_locks(self.repo, p.locks)]
         handled = {pid for p in self.pendings for pid in p.packs}
         _checkpoint("locks")
+        if not self.options.dry_run and isinstance(self.repo.backend, LocalBackend):
+            # A killed backup's half-written pack is no object, so nothing else ever removes it.
+            self.result.temporaries_removed = self.repo.backend.remove_stale_temporaries()
         table, stored, reach = self.survey()
         _checkpoint("walked")
         if not self.options.dry_run:

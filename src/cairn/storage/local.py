@@ -11,7 +11,7 @@ their FUSE drivers (tests/test_storage.py). One FAT32 limit remains: a folder ho
 A write goes to a temporary file ``.tmp-<random>`` beside its target and is renamed over it once
 it is durable. Valid object names never start with a dot, so temporaries (and foreign files such
 as ``.DS_Store``) can never be mistaken for objects, and one left by a killed process is invisible
-to `list` and removed by `LocalBackend.remove_stale_temporaries`.
+to `list` and removed by `LocalBackend.remove_stale_temporaries` (which prune runs).
 """
 
 from __future__ import annotations

@@ -113,15 +113,15 @@ class PackBuilder:
             self._buffer += bytes(end - len(self._buffer))
         return memoryview(self._buffer)[self._held:end]
 
-    def _append(self, data: bytes | memoryview) -> None:
+    def _append(self, data: bytes | memoryview, hand_on: bool = True) -> None:
         with self._next(len(data)) as out:
             out[:] = data
-        self._added(len(data))
+        self._added(len(data), hand_on)
 
-    def _added(self, length: int) -> None:
+    def _added(self, length: int, hand_on: bool = True) -> None:
         self._size += length
         self._held += length
-        if self.sink is not None and self._held >= SINK_BYTES:
+        if hand_on and self.sink is not None and self._held >= SINK_BYTES:
             with memoryview(self._buffer) as whole, whole[:self._held] as held:
                 self.sink.write(held)
             self._held = 0
@@ -133,10 +133,8 @@ class PackBuilder:
         for e in self.entries:
             header += RECORD.pack(e.blob_type, e.blob_id, e.length, e.raw_length)
         sealed = sealer.seal(header, header_aad(self.pack_id))
-        sink, self.sink = self.sink, None  # the tail is returned whole, not handed on
-        self._append(sealed)
-        self._append(TRAILER.pack(len(sealed)))
-        self.sink = sink
+        self._append(sealed, hand_on=False)  # the tail is returned whole
+        self._append(TRAILER.pack(len(sealed)), hand_on=False)
         return memoryview(self._buffer)[:self._held]
 
 

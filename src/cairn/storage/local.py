@@ -255,7 +255,7 @@ class ObjectWriter:
 
     def _open(self) -> None:
         folder = os.path.dirname(self._path)
-        temp = os.path.join(folder, TEMP_PREFIX + os.urandom(8).hex())  # not secrets: it loads libcrypto (~4 MiB RSS)
+        temp = _temporary_beside(self._path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
             self._fd = os.open(temp, flags, 0o666)
@@ -299,7 +299,7 @@ def replace_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = F
     Raises OSError (the temporary file removed); the folder must exist.
     """
     path = os.fspath(path)
-    temp = os.path.join(os.path.dirname(path), TEMP_PREFIX + os.urandom(8).hex())
+    temp = _temporary_beside(path)
     try:
         with open(temp, "xb") as handle:
             handle.write(data)
@@ -312,6 +312,11 @@ def replace_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = F
         raise
     if durable:
         _fsync_folder(os.path.dirname(path))
+
+
+def _temporary_beside(path: str) -> str:
+    """A new temporary file's name in `path`'s folder."""
+    return os.path.join(os.path.dirname(path), TEMP_PREFIX + os.urandom(8).hex())  # not secrets: it loads libcrypto (~4 MiB RSS)
 
 
 def _fsync_folder(folder: str) -> None:

@@ -38,6 +38,7 @@ import zstandard  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from pyfastcdc import FastCDC  # noqa: E402
 
+from cairn.files.pipeline import _buffer_cutter  # noqa: E402
 from cairn.repo.blob import BlobType, blob_plaintext, seal_blob_into  # noqa: E402
 from cairn.repo.config import ChunkerParams  # noqa: E402
 from cairn.repo.crypto import OVERHEAD, Sealer  # noqa: E402
@@ -47,8 +48,8 @@ MB = 1e6
 
 
 def cutter() -> FastCDC:
-    p = ChunkerParams()
-    return FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size, normalized_chunking=p.normalization, seed=p.seed)
+    """The cutter a backup cuts big files' slots with, with a new repository's parameters."""
+    return _buffer_cutter(ChunkerParams())
 
 
 def libraries(data: bytes) -> None:

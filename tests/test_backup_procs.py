@@ -187,12 +187,19 @@ def test_an_aborted_backup_stops_a_worker_mid_write_without_leaving_a_temporary_
         except procs.Stopped:
             return
 
+    stop_once_writing(serve, writing, tmp_path / "repo")
+    assert list((tmp_path / "repo").rglob(".tmp-*")) == []
+
+
+def stop_once_writing(serve: Callable[[socket.socket], None], writing: Path, repo_dir: Path) -> None:
+    """Fork a child running `serve`, wait until it touches `writing` with a temporary file in
+    `repo_dir`, stop it as an aborted backup does, and check it left by itself, in time."""
     [(pid, sock)] = procs.fork_children(1, serve)
     try:
         deadline = time.monotonic() + 30
         while not writing.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert list((tmp_path / "repo").rglob(".tmp-*"))  # caught in the middle of the write
+        assert list(repo_dir.rglob(".tmp-*"))  # caught in the middle of the write
         started = time.monotonic()
         procs.stop([pid], grace=20)
         assert time.monotonic() - started < 10
@@ -201,7 +208,6 @@ def test_an_aborted_backup_stops_a_worker_mid_write_without_leaving_a_temporary_
         procs.kill(pid)
         os.waitpid(pid, 0)
         sock.close()
-    assert list((tmp_path / "repo").rglob(".tmp-*")) == []
 
 
 def test_a_worker_stopped_while_its_pack_fills_leaves_no_temporary_file(
@@ -219,18 +225,7 @@ def test_a_worker_stopped_while_its_pack_fills_leaves_no_temporary_file(
 
     monkeypatch.setattr(pipeline_procs._Worker, "serve", serve)
     shared = SharedSlots(1, 1 << 20)
-    [(pid, sock)] = procs.fork_children(1, lambda sock: pipeline_procs._run_worker(repo, sock, shared))
-    try:
-        deadline = time.monotonic() + 30
-        while not filling.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert list((tmp_path / "repo").rglob(".tmp-*"))  # the pack, begun
-        procs.stop([pid], grace=20)
-        assert procs.how_it_ended(pid) == "exit status 0"  # left by itself, not killed
-    finally:
-        procs.kill(pid)
-        os.waitpid(pid, 0)
-        sock.close()
+    stop_once_writing(lambda sock: pipeline_procs._run_worker(repo, sock, shared), filling, tmp_path / "repo")
     assert list((tmp_path / "repo").rglob(".tmp-*")) == []
     assert list(repo.backend.list("data/")) == []
 

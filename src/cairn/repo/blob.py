@@ -134,7 +134,10 @@ def verify_sealed(sealer: Sealer, blob_type: int, blob_id: bytes, sealed: bytes 
 
     The check costs one decryption and decompression per blob; it turns a bug in a compression
     or crypto library into an error now rather than a silently unrestorable backup later. It
-    compares bytes rather than hashing them again: the same proof at a sixth of the cost. The
+    compares bytes rather than hashing them again, at a sixth of the cost: that proves the blob
+    opens to `data`, though not that `data` still has the id it was hashed to (bytes changed in
+    memory in between would show at restore, as a blob failing its id check). It is a quarter
+    of a first backup's CPU on small compressible files (docs/PERFORMANCE.md). The
     plaintext goes into this thread's scratch buffer, dropped at once: fresh memory for it
     was a tenth of a backup worker's page faults (perf).
     """

@@ -88,9 +88,10 @@ class PageBuilder:
         return encoding.pack({"v": PAGE_FORMAT, "chunks": self.chunks, "runs": bytes(self._runs)})
 
 
-def decode_runs(plaintext: bytes, chunks: int, mask_size: int, what: str) -> Iterator[tuple[int, int, bytes, int]]:
-    """A page's runs as (kind, count, runs, where the run's entries start in `runs`), checked
-    against the count of chunks the description expects."""
+def decode_runs(plaintext: bytes, chunks: int, mask_size: int, what: str) -> Iterator[tuple[int, int, bytes, int, int]]:
+    """A page's runs as (kind, count, runs, where the run's entries start in `runs`, the size of
+    one entry: 0 for ZERO and UNUSED), checked against the count of chunks the description
+    expects."""
     obj = encoding.unpack_map(plaintext, what)
     if encoding.field(obj, "v", int, what) != PAGE_FORMAT:
         raise DamagedObject(f"{what} has an unknown format version")
@@ -109,7 +110,7 @@ def decode_runs(plaintext: bytes, chunks: int, mask_size: int, what: str) -> Ite
         entry = 0 if kind in (ZERO, UNUSED) else ID_SIZE + (mask_size if kind == PARTIAL else 0)
         if pos + count * entry > len(runs):
             raise DamagedObject(f"{what} is damaged: truncated run")
-        yield kind, count, runs, pos
+        yield kind, count, runs, pos, entry
         covered += count
         pos += count * entry
     if covered != chunks:
@@ -119,11 +120,10 @@ def decode_runs(plaintext: bytes, chunks: int, mask_size: int, what: str) -> Ite
 def decode_page(plaintext: bytes, chunks: int, mask_size: int, what: str) -> list[tuple[int, bytes, bytes]]:
     """A page's chunks as (kind, id, mask), checked against the count the description expects."""
     out: list[tuple[int, bytes, bytes]] = []
-    for kind, count, runs, pos in decode_runs(plaintext, chunks, mask_size, what):
-        if kind in (ZERO, UNUSED):
+    for kind, count, runs, pos, entry in decode_runs(plaintext, chunks, mask_size, what):
+        if not entry:
             out.extend([(kind, b"", b"")] * count)
             continue
-        entry = ID_SIZE + (mask_size if kind == PARTIAL else 0)
         for at in range(pos, pos + count * entry, entry):
             out.append((kind, runs[at : at + ID_SIZE], runs[at + ID_SIZE : at + entry]))
     return out
@@ -170,7 +170,7 @@ def used_length(repo: Repository, disk: Disk, region: Region) -> int:
     for page_no, page_id in enumerate(region.pages):
         first, count = disk.page_span(region, page_no)
         what = f"extent page {page_id.hex()[:12]}"
-        for kind, run, _, _ in decode_runs(load_page(repo, page_id, what), count, mask_size, what):
+        for kind, run, _, _, _ in decode_runs(load_page(repo, page_id, what), count, mask_size, what):
             end = (first + run) * disk.chunk
             if kind != UNUSED:  # only the region's last chunk may be shorter than the others
                 total += run * disk.chunk - max(0, end - region.length)

@@ -87,8 +87,7 @@ class LocalBackend:
         power loss cannot bring back the old version or a hole.
         """
         with memoryview(data) as view:  # released on return: a view kept alive pins the buffer
-            check_size(name, view.nbytes)
-            with self.writer(name) as writer:
+            with self.writer(name) as writer:  # it checks the size before creating anything
                 writer.write(view)
                 writer.commit()
 

@@ -210,6 +210,40 @@ def stop_once_writing(serve: Callable[[socket.socket], None], writing: Path, rep
         sock.close()
 
 
+def test_ctrl_c_right_after_a_fork_leaves_no_child_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C that lands between a fork and the recording of its child: every child forked so
+    far is still ended and reaped, and the Ctrl-C still stops the caller."""
+    real_fork = os.fork
+    forked: list[int] = []
+
+    def fork_then_ctrl_c() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+            signal.raise_signal(signal.SIGINT)  # the key pressed the instant fork returned
+        return pid
+
+    def serve(sock: socket.socket) -> None:
+        sock.recv(1)  # until the parent's end closes
+
+    monkeypatch.setattr(os, "fork", fork_then_ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            procs.fork_children(2, serve)
+        monkeypatch.undo()
+        assert len(forked) == 2  # the Ctrl-C waited for the forking to finish
+        for pid in forked:
+            with pytest.raises(ChildProcessError):  # ended and reaped
+                os.waitpid(pid, os.WNOHANG)
+    finally:
+        for pid in forked:
+            procs.kill(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
 def test_a_worker_stopped_while_its_pack_fills_leaves_no_temporary_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repo: Repository
 ) -> None:

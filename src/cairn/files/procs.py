@@ -87,22 +87,23 @@ def fork_children(count: int, serve: Callable[[socket.socket], None]) -> list[tu
     children: list[tuple[int, socket.socket]] = []
     gc.freeze()
     try:
-        for _ in range(count):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    ours.close()
-                    for _, earlier in children:  # else they would not see the parent's end
-                        earlier.close()
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    serve(theirs)
-                    code = 0
-                finally:
-                    os._exit(code)
-            theirs.close()
-            children.append((pid, ours))
+        with _ctrl_c_held():
+            for _ in range(count):
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        signal.signal(signal.SIGINT, signal.SIG_IGN)
+                        ours.close()
+                        for _, earlier in children:  # else they would not see the parent's end
+                            earlier.close()
+                        serve(theirs)
+                        code = 0
+                    finally:
+                        os._exit(code)
+                theirs.close()
+                children.append((pid, ours))
     except BaseException:
         for pid, sock in children:
             kill(pid)
@@ -112,6 +113,25 @@ def fork_children(count: int, serve: Callable[[socket.socket], None]) -> list[tu
     finally:
         gc.unfreeze()
     return children
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold a Ctrl-C back while children are forked and recorded, and deliver it on leaving:
+    raised between a fork and the recording of its child, it would leave that child neither
+    ended nor reaped. Only the main thread runs Python's signal handlers, so elsewhere there is
+    nothing to hold."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pressed:
+            signal.raise_signal(signal.SIGINT)  # its handler runs now, as if pressed now
 
 
 def portable(exc: BaseException) -> BaseException:

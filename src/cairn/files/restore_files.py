@@ -130,9 +130,9 @@ class FileWriter:
         their blobs that lie together in a pack are read together (restore_reads)."""
         self.reads.plan(b for b in blob_ids if self.zeros.get(b) is None)
 
-    def flush(self) -> None:
+    def left_folder(self) -> None:
         """Nothing to do here: each file reaches the writer threads when it is started
-        (ProcessFileWriter.flush sends its batch on)."""
+        (ProcessFileWriter gathers files in batches)."""
 
     def start(self, parent: int, node: Node, rel: bytes, created: metadata.Created | None = None) -> FileJob:
         """Queue the file `node` of the folder `parent` (walker thread only); the job's result

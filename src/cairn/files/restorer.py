@@ -308,7 +308,7 @@ class Restorer:
                         self.note("skipped", frame.rel + b"/" + name if frame.rel else name, problem)
                     else:
                         self.tally.count("deleted")
-        self.files.flush()  # its last files: the walk may not start another one for a while
+        self.files.left_folder()
         if frame.fd is not None:
             self.waiting.append(frame)
 

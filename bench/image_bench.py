@@ -1,7 +1,8 @@
-"""Image benchmark: cairn beside `partclone.extfs | zstd` and `dd | zstd` on one ext4 partition.
+"""Image benchmark: cairn beside `partclone.extfs | zstd` and `dd | zstd` on one ext4 partition,
+or on a GPT disk holding it (--disk).
 
     sudo python bench/image_bench.py [--size-mib 1024] [--used-mib 500] [--change-mib 20]
-                                     [--chunks 0.5,1,4] [--runs 1] [--json out.json]
+                                     [--chunks 0.5,1,4] [--runs 1] [--disk] [--json out.json]
 
 Builds an ext4 partition image of --size-mib filled with about --used-mib of real files (from
 /usr/lib), then a changed copy: the partition is loop-mounted read-write, --change-mib/2 of new
@@ -23,6 +24,11 @@ threads), which other load on a shared machine disturbs far less than wall time.
 restore, so the target and the packs are read from the medium, as on a real disk.
 `--cairn-only` skips partclone and dd.
 
+With --disk each partition is put inside a GPT disk of its own (the partition from 1 MiB, the
+backup table in the last MiB, fixed GUIDs: the same disk, changed): cairn and dd image the
+whole disk; partclone, as Clonezilla does, saves the first MiB and `sfdisk -d` beside the
+partition, and restores them in that order. Issue 7's disk: --disk --size-mib 2048 --used-mib 1024.
+
 Before timing, the two partitions are compared 4 KiB block by 4 KiB block: how many bytes the
 change touched on the device (file data plus the metadata and journal blocks ext4 wrote), how
 many of those are in the journal, and for each chunk size how many bytes of chunks they fall
@@ -33,6 +39,7 @@ into files (--change-mib), `growth_x_4k` over the bytes that differ on the devic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -42,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -120,6 +128,45 @@ def make_partitions(work: Path, size: int, used: int, change: int) -> tuple[Path
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
     return first, second
+
+
+# The whole-disk case (--disk): each partition inside a GPT disk, as an installer leaves one.
+DISK_START = MiB  # the partition's first byte; before it the protective MBR and the GPT
+DISK_TAIL = MiB  # after it, room for the backup GPT
+LINUX_FS = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+# Fixed GUIDs: the second image is of the same disk, changed, as on a real machine.
+DISK_GUID, PART_GUID = "5C1D1E3A-8A39-4C2B-9C38-2F7B3B0E6D11", "7E0B5C43-2E4F-4B44-8F0A-6C2D9A1B3E22"
+
+
+def make_disks(work: Path, partitions: tuple[Path, Path]) -> tuple[Path, Path]:
+    """Each partition inside a GPT disk of its own (one Linux partition from 1 MiB, the backup
+    table at the end); the partition files are removed. Issue 7's data set: a 2 GiB disk with
+    a GPT table and a half-full ext4 partition (--disk --size-mib 2048 --used-mib 1024)."""
+    disks = []
+    for n, part in enumerate(partitions, 1):
+        disk, size = work / f"disk{n}.img", part.stat().st_size
+        with open(disk, "wb") as f:
+            f.truncate(DISK_START + size + DISK_TAIL)
+        table = (f"label: gpt\nlabel-id: {DISK_GUID}\n"
+                 f"start={DISK_START // 512}, size={size // 512}, type={LINUX_FS}, uuid={PART_GUID}\n")
+        subprocess.run(["sfdisk", "-q", str(disk)], input=table, text=True, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["dd", f"if={part}", f"of={disk}", "bs=4M", f"seek={DISK_START}", "oflag=seek_bytes",
+                        "conv=notrunc,sparse", "status=none"], check=True)
+        part.unlink()
+        disks.append(disk)
+    return disks[0], disks[1]
+
+
+@contextlib.contextmanager
+def partition_device(disk: Path) -> Iterator[str]:
+    """The disk's partition as a block device (a loop at its offset), as /dev/sda1 would be."""
+    size = disk.stat().st_size - DISK_START - DISK_TAIL
+    loop = subprocess.run(["losetup", "--find", "--show", "--offset", str(DISK_START), "--sizelimit", str(size), str(disk)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        yield loop
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
 
 
 def changed_blocks(first: Path, second: Path, block: int = 4096) -> list[int]:
@@ -230,6 +277,34 @@ def bench_partclone(work: Path, first: Path, second: Path) -> dict[str, float]:
     return out
 
 
+def bench_partclone_disk(work: Path, first: Path, second: Path) -> dict[str, float]:
+    """Clonezilla's way with a whole disk: the first MiB (protective MBR, GPT, boot code) and the
+    table (`sfdisk -d`), then partclone of the partition; restored in the same order."""
+    out: dict[str, float] = {}
+    saved = {n: (work / f"pcd{n}.head.zst", work / f"pcd{n}.sfdisk", work / f"pcd{n}.zst") for n in (1, 2)}
+    for n, disk in ((1, first), (2, second)):
+        head, table, body = saved[n]
+        with partition_device(disk) as part:
+            out[f"image{n}_s"] = sh(f"dd if={disk} bs=1M count=1 status=none | zstd -3 -q -c > {head} && sfdisk -d {disk} > {table}"
+                                    f" && partclone.extfs -c -q -s {part} -o - | zstd -3 -T2 -q -c > {body}", "pcd")
+        out[f"image{n}_bytes"] = sum(p.stat().st_size for p in saved[n])
+        if n == 1:
+            out["image1_cpu"] = CPU["pcd"]
+    target = work / "pcd-target.img"
+    with open(target, "wb") as f:
+        f.truncate(second.stat().st_size)
+    subprocess.run(["sync"], check=True)
+    head, table, body = saved[2]
+    start = time.monotonic()
+    sh(f"zstd -d -q -c {head} | dd of={target} bs=1M conv=notrunc status=none && sfdisk -q {target} < {table}")
+    with partition_device(target) as part:
+        sh(f"zstd -d -q -c {body} | partclone.extfs -r -q -s - -O {part}")
+    out["restore_full_s"] = time.monotonic() - start
+    for p in (*saved[1], *saved[2], target):
+        p.unlink()
+    return out
+
+
 def bench_dd(work: Path, first: Path, second: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     one, two = work / "dd1.zst", work / "dd2.zst"
@@ -255,6 +330,9 @@ def main() -> None:
     parser.add_argument("--restore-runs", type=int, default=3, help="alternating delta/full restores (median)")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each timed restore")
     parser.add_argument("--cairn-only", action="store_true", help="skip partclone and dd")
+    parser.add_argument("--disk", action="store_true",
+                        help="each partition inside a GPT disk of --size-mib + 2 MiB: cairn and dd image the "
+                             "whole disk, partclone its partition with the table and first MiB (Clonezilla's way)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cairn-image-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
@@ -263,12 +341,15 @@ def main() -> None:
         first, second = make_partitions(work, args.size_mib * MiB, args.used_mib * MiB, args.change_mib * MiB)
         chunk_list = [int(float(c) * MiB) for c in args.chunks.split(",")]
         profile = change_profile(first, second, chunk_list)
+        if args.disk:
+            first, second = make_disks(work, (first, second))
         for p in (first, second):
             subprocess.run(["cat", str(p)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
         results: dict[str, list[dict[str, float]]] = {}
         for _ in range(args.runs):
             if not args.cairn_only:
-                results.setdefault("partclone|zstd", []).append(bench_partclone(work, first, second))
+                partclone = bench_partclone_disk if args.disk else bench_partclone
+                results.setdefault("partclone|zstd", []).append(partclone(work, first, second))
                 results.setdefault("dd|zstd", []).append(bench_dd(work, first, second))
             for chunk in chunk_list:
                 out = bench_cairn(work, first, second, chunk, args.restore_runs, args.cold)

@@ -1,7 +1,7 @@
 """The benchmark suite of issue 7: one command, every scenario, one table of medians and ratios.
 
     python bench/run.py [--datasets real,linux] [--runs 2] [--tools cairn,restic,borg]
-                        [--images] [--image-size-mib 1024] [--json out.json] [--baseline OLD/src]
+                        [--images] [--image-size-mib 2048] [--json out.json] [--baseline OLD/src]
 
 File backups, per data set (bench/datasets.py), each run of each tool on a fresh copy with a
 fresh repository, the tools interleaved scenario by scenario within a run (every tool's first
@@ -10,9 +10,10 @@ unchanged re-backup, re-backup after 1% of files changed, full restore, single-f
 (the largest file), check reading all data, forget the oldest of the three snapshots + prune.
 Commands and timing are bench/files.py's (GNU time: wall, CPU = user+sys, peak RSS).
 
-Images (--images, needs root): bench/image_bench.py's partition pair (ext4, half full, then
-changed), cairn (its default chunk size, in-process) beside `partclone | zstd` and `dd | zstd`: first
-image, second image, full restore, and cairn's delta restore.
+Images (--images, needs root): bench/image_bench.py's pair of GPT disks (one ext4 partition of
+--image-size-mib, half full; then 1% of it changed), cairn (its default chunk size,
+in-process) beside `partclone | zstd` (with the table and first MiB, as Clonezilla saves a
+disk) and `dd | zstd`: first image, second image, full restore, and cairn's delta restore.
 
 The table shows, per scenario and metric, the median of each tool and cairn/peer ratios (below
 1: cairn is better). On a shared machine absolute seconds mean little; ratios are the result.
@@ -171,11 +172,12 @@ def run_images(size_mib: int, runs: int) -> dict[str, list[Result]]:
     results: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="cairn-run-image-", dir="/var/tmp") as tmp:
         work = Path(tmp)
-        first, second = image_bench.make_partitions(work, size_mib << 20, (size_mib // 2) << 20, max(4, size_mib // 50) << 20)
+        first, second = image_bench.make_partitions(work, size_mib << 20, (size_mib // 2) << 20, max(4, size_mib // 100) << 20)
+        first, second = image_bench.make_disks(work, (first, second))
         for p in (first, second):
             subprocess.run(["cat", str(p)], stdout=subprocess.DEVNULL, check=True)
         for _ in range(runs):
-            for name, bench in (("partclone|zstd", image_bench.bench_partclone), ("dd|zstd", image_bench.bench_dd)):
+            for name, bench in (("partclone|zstd", image_bench.bench_partclone_disk), ("dd|zstd", image_bench.bench_dd)):
                 print(f"image: {name}", file=sys.stderr)
                 results.setdefault(name, []).append(bench(work, first, second))
             print("image: cairn", file=sys.stderr)
@@ -246,7 +248,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--tools", default="cairn,restic,borg")
     parser.add_argument("--images", action="store_true")
-    parser.add_argument("--image-size-mib", type=int, default=1024)
+    parser.add_argument("--image-size-mib", type=int, default=2048)
     parser.add_argument("--workdir", default="/var/tmp/cairn-bench")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--baseline", type=Path, metavar="SRC",

@@ -22,6 +22,7 @@ from cairn.files.restorer import load_tree
 from cairn.ops.check import CheckOptions, check
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
+from test_restore_support import folder_tree
 
 AS_ROOT = os.geteuid() == 0
 
@@ -41,10 +42,7 @@ def open_repo(path: Path) -> Repository:
 
 
 def snapshot_names(repo: Repository, folder: Path) -> set[str]:
-    tree = repo.find_snapshot("latest").root
-    for part in folder.parts[1:]:
-        tree = next(n for n in load_tree(repo, tree) if n.name == os.fsencode(part)).subtree
-    return {n.name.decode() for n in load_tree(repo, tree)}
+    return {n.name.decode() for n in load_tree(repo, folder_tree(repo, folder))}
 
 
 def assert_saved_with_skips(repo_dir: Path, data: Path, skipped: dict[str, str]) -> None:
@@ -162,7 +160,7 @@ def test_a_file_changed_once_while_read_is_read_again(repo_dir: Path, data: Path
     assert result.exit_code == 0, result.stderr
     assert warnings(result.stderr) == [f"cairn: warning: {letter}: changed while it was read; read again"]
     repo = open_repo(repo_dir)
-    node = next(n for n in load_tree(repo, _tree_of(repo, letter.parent)) if n.name == b"letter.txt")
+    node = next(n for n in load_tree(repo, folder_tree(repo, letter.parent)) if n.name == b"letter.txt")
     assert b"".join(repo.load_blob(c) for c in node.content) == letter.read_bytes()  # the second read
     assert node.size == letter.stat().st_size and node.mtime == letter.stat().st_mtime_ns
     assert check(repo, CheckOptions(read_data=True)).ok
@@ -177,13 +175,6 @@ def test_a_file_that_keeps_changing_is_skipped(repo_dir: Path, data: Path, cli: 
     why = "changed while it was read, twice: not backed up"
     assert warnings(result.stderr) == [f"cairn: warning: skipped {photo}: {why}"]
     assert_saved_with_skips(repo_dir, data, {str(photo): why})
-
-
-def _tree_of(repo: Repository, folder: Path) -> bytes:
-    tree = repo.find_snapshot("latest").root
-    for part in folder.parts[1:]:
-        tree = next(n for n in load_tree(repo, tree) if n.name == os.fsencode(part)).subtree
-    return tree
 
 
 def test_a_file_that_fails_to_read_is_skipped(repo_dir: Path, data: Path, cli: CliRun) -> None:

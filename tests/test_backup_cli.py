@@ -24,6 +24,7 @@ from cairn.files.tree import DIR
 from cairn.ops.check import CheckOptions, check
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
+from test_restore_support import folder_tree
 
 AS_ROOT = os.geteuid() == 0
 
@@ -34,10 +35,7 @@ def open_repo(path: Path) -> Repository:
 
 def listing(repo: Repository, folder: Path, snapshot: str = "latest") -> set[str]:
     """Every path below `folder` in a snapshot, relative to it."""
-    tree = repo.find_snapshot(snapshot).root
-    for part in folder.parts[1:]:
-        tree = next(n for n in load_tree(repo, tree) if n.name == os.fsencode(part)).subtree
-    found, stack = set(), [("", tree)]
+    found, stack = set(), [("", folder_tree(repo, folder, snapshot))]
     while stack:
         prefix, tree_id = stack.pop()
         for node in load_tree(repo, tree_id):

@@ -23,7 +23,9 @@ from cairn.ops.restore import RestoreOptions, restore
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
 from conftest import FAST_KDF, SRC
-from test_restore_support import FOLDERS, PER_FOLDER, children, count_forks, make_every_kind, many_files, rsync_differences, times
+from test_restore_support import (
+    FOLDERS, PER_FOLDER, children, count_forks, folder_tree, make_every_kind, many_files, rsync_differences, times,
+)
 
 
 @pytest.fixture
@@ -143,18 +145,16 @@ def no_process_left_in_group(group: int, wait: float = 5.0) -> bool:
 
 def test_one_batch_carries_files_of_several_folders_each_into_its_own(repo: Repository, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch gathers files across folders (one per folder cost a restore of many small folders
-    a tenth of its CPU): each file still lands in its own folder, though they share a name."""
+    """A batch gathers files across folders (one batch per folder made 6,999 batches for the
+    `linux` tree, 2,877 across folders): each file still lands in its own folder, though they
+    share a name."""
     src = tmp_path / "src"
     folders = ["a", "b", "c"]
     for name in folders:
         (src / name).mkdir(parents=True)
         (src / name / "same-name").write_bytes(f"the file in folder {name}\n".encode() * 100)
     backup(repo, BackupOptions([str(src)]))
-    tree = repo.find_snapshot("latest").root
-    for part in src.parts[1:]:
-        tree = next(n for n in load_tree(repo, tree) if n.name == os.fsencode(part)).subtree
-    subtrees = {n.name.decode(): n.subtree for n in load_tree(repo, tree)}
+    subtrees = {n.name.decode(): n.subtree for n in load_tree(repo, folder_tree(repo, src))}
     sent: list[int] = []
     real_send = restore_procs.send
 

@@ -25,6 +25,7 @@ import pytest
 
 from cairn.files import metadata
 from cairn.files.chunker import Chunker
+from cairn.files.restorer import load_tree
 from cairn.files.tree import DIR, FILE, Node, encode_tree
 from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
@@ -228,6 +229,14 @@ def reference_snapshot(repo: Repository, src: Path) -> bytes:
         tree = repo.save_blob(BlobType.TREE, encode_tree([node]))[0]
     repo.flush()
     return repo.save_snapshot(Snapshot(kind="files", root=tree, paths=[bytes(src)], host="h", user="u"))
+
+
+def folder_tree(repo: Repository, folder: Path, snapshot: str = "latest") -> bytes:
+    """The tree id of the absolute path `folder` in a snapshot of it (or of a folder above it)."""
+    tree = repo.find_snapshot(snapshot).root
+    for part in folder.parts[1:]:
+        tree = next(n for n in load_tree(repo, tree) if n.name == os.fsencode(part)).subtree
+    return tree
 
 
 def inside(target: Path, src: Path) -> Path:

@@ -75,13 +75,13 @@ class PackBuilder:
     straight into it (`add_filled`).
     """
 
-    def __init__(self, reuse: PackBuilder | None = None, sink: PackSink | None = None) -> None:
+    def __init__(self, reuse: PackBuilder | None = None) -> None:
         self.pack_id = new_pack_id()
         self._buffer: bytearray = bytearray() if reuse is None else reuse._buffer
         self._size = 0  # bytes of the pack so far: where the next blob starts
         self._held = 0  # the last of them, still in the buffer (all, without a sink)
         self.entries: list[PackEntry] = []
-        self.sink = sink
+        self.sink: PackSink | None = None  # set by Repository.streamed_pack, which names it after pack_id
 
     @property
     def size(self) -> int:

@@ -299,7 +299,7 @@ def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Reposit
     """In a folder that changed, each unchanged entry is taken from the parent's tree instead
     of being captured again: its xattrs, link identity and special kinds must come through
     intact, the changed sibling must show its change, and the tree must be the one a backup
-    capturing everything (--force) encodes."""
+    capturing everything (--force) encodes, plain files' entries packed again as they were."""
     captured: list[bytes] = []
     real_capture = archiver.capture
 
@@ -307,7 +307,15 @@ def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Reposit
         captured.append(name)
         return real_capture(parent_fd, name, *args, **kwargs)
 
+    decoded: list[bytes] = []
+    real_decode = archiver.decode_entry
+
+    def noted_decode(entry: dict[str, Any], what: str) -> Node:
+        decoded.append(entry["name"])
+        return real_decode(entry, what)
+
     monkeypatch.setattr(archiver, "capture", noted_capture)
+    monkeypatch.setattr(archiver, "decode_entry", noted_decode)
     folder = source / "d1"
     os.setxattr(folder / "f1", b"user.k", b"v")
     os.symlink("f1", folder / "link")
@@ -321,6 +329,8 @@ def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Reposit
     changed = run(repo, source)
     assert changed.files_changed == 2  # f2, and f3 whose xattr changed its ctime
     assert not {b"f0", b"f1", b"link", b"pipe", b"hard"} & set(captured)  # taken from the parent's tree
+    # plain files' entries are stored again as they are; the others are decoded and checked
+    assert {b"f1", b"link", b"pipe"} <= set(decoded) and not {b"f0", b"f4", b"hard", b"big"} & set(decoded)
     root = repo.find_snapshot("latest").root
     assert node_at(repo, root, folder / "f1").xattrs == [(b"user.k", b"v")]
     assert node_at(repo, root, folder / "f3").xattrs == [(b"user.k", b"new")]

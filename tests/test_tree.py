@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cairn.errors import DamagedObject
-from cairn.files.tree import Node, decode_tree, encode_tree
+from cairn.files.tree import Node, decode_tree, encode_entries, encode_tree, entry_map, reusable_entry
 from cairn.repo import encoding
 
 ID_A = bytes(range(32))
@@ -122,6 +122,28 @@ def test_the_optional_keys_round_trip_and_xattrs_come_out_sorted() -> None:
     # absent from entries that do not have them: old readers see the same bytes as before
     plain = encoding.unpack_map(encode_tree(sample_nodes()), "t")["entries"]
     assert not any({"target", "rdev", "xattrs", "links"} & set(e) for e in plain)
+
+
+def test_a_stored_plain_file_entry_packs_again_to_the_same_bytes() -> None:
+    """A backup stores an unchanged file's entry from its parent tree again as it is (the map
+    it decoded), skipping the node: the tree must be byte for byte what encoding gives."""
+    nodes = [*sample_nodes(), Node(name=b"hard", type="file", size=1, content=[ID_A], links=(1, 2, 3))]
+    stored = encoding.unpack_map(encode_tree(nodes), "t")["entries"]
+    files = [e for e in stored if e["type"] == "file"]
+    assert len(files) == 3 and all(reusable_entry(e) for e in files)
+    mixed = [e if e["type"] == "file" else entry_map(n) for e, n in zip(stored, sorted(nodes, key=lambda n: n.name))]
+    assert encode_entries(list(reversed(mixed))) == encode_tree(nodes)
+
+
+@pytest.mark.parametrize("stored", [
+    entry(xattrs=[[b"user.k", b"v"]]),  # not compared with the file: decoded and checked instead
+    {"type": "file", **entry()},  # keys out of the format's order would pack to other bytes
+    entry(future=1),  # a key this version does not write
+    entry(size=..., content=..., type="dir", subtree=ID_A),
+    entry(size=..., content=..., type="symlink", target=b"t"),
+])
+def test_other_stored_entries_are_not_reused_as_they_are(stored: dict[str, Any]) -> None:
+    assert not reusable_entry(stored)
 
 
 def test_hard_link_identity_is_not_kept_on_folders() -> None:

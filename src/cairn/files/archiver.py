@@ -39,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cairn.errors import DamagedObject
 from cairn.files import filescache
@@ -49,7 +50,7 @@ from cairn.files.metadata import capture, entry_type
 from cairn.files.pipeline import Pending, Pipeline
 from cairn.files.pipeline_procs import ProcessPipeline
 from cairn.files.scanner import DIR_FLAGS, Plan, Totals, join, list_names, make_plan, open_at, reason
-from cairn.files.tree import DIR, FILE, Node, decode_entry, encode_tree
+from cairn.files.tree import DIR, FILE, Node, decode_entry, encode_entries, entry_map, reusable_entry
 from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
 
@@ -497,7 +498,10 @@ class _Archiver:
         if item.entry is not None:
             # Unchanged down to ctime, which any change of metadata (xattrs and ACLs included)
             # sets: the parent's entry is what capturing would give, without the xattr calls
-            # (the same rule that lets a whole unchanged folder keep its tree; filescache).
+            # (the same rule that lets a whole unchanged folder keep its tree; filescache). A
+            # plain file's entry is stored again as it is (entry_of), others are checked.
+            if item.kind == FILE and reusable_entry(item.entry):
+                return
             try:
                 item.node = decode_entry(item.entry, f"the parent's entry {item.name!r}")
                 return
@@ -567,13 +571,21 @@ class _Archiver:
             node.subtree = item.subtree
         return node
 
+    def entry_of(self, folder: _Folder, item: _Item) -> dict[str, Any] | None:
+        """The map an item is stored as in its folder's tree, or None when it is left out: the
+        parent's entry itself when capture kept it, else its finished node's."""
+        if item.node is None and item.entry is not None and not item.dropped:
+            return item.entry
+        node = self.node_of(folder, item)
+        return None if node is None else entry_map(node)
+
     def store_tree(self, folder: _Folder) -> bytes:
-        nodes = [n for n in (self.node_of(folder, item) for item in folder.items) if n is not None]
-        return self.pipeline.store(BlobType.TREE, encode_tree(nodes))
+        entries = [e for e in (self.entry_of(folder, item) for item in folder.items) if e is not None]
+        return self.pipeline.store(BlobType.TREE, encode_entries(entries))
 
     def empty(self) -> bytes:
         if self.empty_tree is None:
-            self.empty_tree = self.pipeline.store(BlobType.TREE, encode_tree([]))
+            self.empty_tree = self.pipeline.store(BlobType.TREE, encode_entries([]))
         return self.empty_tree
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -593,17 +605,17 @@ class _Archiver:
         for depth in range(len(self.stack) - 1, -1, -1):
             folder = self.stack[depth]
             open_child = self.stack[depth + 1].item if depth + 1 < len(self.stack) else None
-            nodes = []
+            entries = []
             for item in folder.items:
                 if item is open_child:
                     if partial is not None:
-                        nodes.append(partial)
+                        entries.append(entry_map(partial))
                     continue
                 self.capture(folder, item)
-                node = self.node_of(folder, item)
-                if node is not None:
-                    nodes.append(node)
-            tree_id = self.pipeline.store(BlobType.TREE, encode_tree(nodes))
+                entry = self.entry_of(folder, item)
+                if entry is not None:
+                    entries.append(entry)
+            tree_id = self.pipeline.store(BlobType.TREE, encode_entries(entries))
             if folder.item is None:
                 self.pipeline.flush()
                 self.options.on_checkpoint(tree_id)

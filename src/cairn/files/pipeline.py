@@ -68,7 +68,7 @@ from pyfastcdc import FastCDC
 from cairn.files.chunker import Chunker, RawReader, Replay
 from cairn.files.metadata import capture
 from cairn.files.scanner import FILE_FLAGS, open_at, reason
-from cairn.files.tree import FILE, Node
+from cairn.files.tree import FILE, Node, entry_map, pack_entry
 from cairn.repo.blob import BlobType
 from cairn.repo.config import ChunkerParams
 from cairn.repo.repository import Repository
@@ -121,6 +121,23 @@ class ReadResult:
     turns them into `content`."""
     node: Node | None = None
     """The file's metadata, captured by the reader (files opened by `read_at` only)."""
+    packed: bytes | None = None
+    """Instead of `node`, from a worker process: the file's tree entry, packed (`pack_node`)."""
+
+    def finished_node(self) -> Node:
+        """The captured node completed by the read: its content, and the size and times that
+        content matches."""
+        node = self.node
+        assert node is not None
+        node.content, node.size, node.mtime, node.ctime = self.content, self.size, self.mtime, self.ctime
+        return node
+
+    def pack_node(self) -> None:
+        """Replace the node by its packed tree entry (a worker process, before sending the
+        result: the walk's process, the busiest one, then unpickles one bytes object and packs
+        nothing for this file)."""
+        self.packed = pack_entry(entry_map(self.finished_node()))
+        self.node = None
 
     def __reduce__(self) -> tuple[type[ReadResult], tuple[Any, ...]]:
         """Pickled as its fields in order, as Node is (a backup worker's result per file)."""

@@ -18,7 +18,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ADVANCED_HELP = (
     "Advanced: --kdf-iterations, --kdf-memory-kib and --kdf-lanes set the Argon2id cost of the "
-    "new key (defaults 3, 65536 and 4). Lower values make the password easier to guess."
+    "new key (defaults 6, 32768 and 4). Lower values make the password easier to guess."
 )
 
 

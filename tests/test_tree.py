@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from cairn.errors import DamagedObject
-from cairn.files.tree import (Node, decode_tree, encode_entries, encode_packed, encode_tree, entry_map, pack_entry,
-                              reusable_entry)
+from cairn.files.tree import Node, decode_tree, encode_packed, encode_tree, entry_map, pack_entry, reusable_entry
 from cairn.repo import encoding
 
 ID_A = bytes(range(32))
@@ -133,7 +132,7 @@ def test_a_stored_plain_file_entry_packs_again_to_the_same_bytes() -> None:
     files = [e for e in stored if e["type"] == "file"]
     assert len(files) == 3 and all(reusable_entry(e) for e in files)
     mixed = [e if e["type"] == "file" else entry_map(n) for e, n in zip(stored, sorted(nodes, key=lambda n: n.name))]
-    assert encode_entries(list(reversed(mixed))) == encode_tree(nodes)
+    assert encode_packed([(e["name"], pack_entry(e)) for e in mixed]) == encode_tree(nodes)
 
 
 @pytest.mark.parametrize("count", [0, 1, 15, 16, 65535, 65536])

@@ -147,7 +147,7 @@ class _Item:
         self.st = st
         self.kind = kind
         self.node: Node | None = None
-        self.packed: bytes | None = None  # its tree entry, packed by the worker process that read it
+        self.packed: bytes | None = None  # its tree entry: the parent's, or packed by the worker that read it
         self.content: list[bytes] | None = None  # reused content ids
         self.pending: Pending | None = None
         self.same = False
@@ -494,14 +494,15 @@ class _Archiver:
             self.result.folders[folder.path] = FolderRecord(folder.digest if clean else b"", tree_id)
 
     def capture(self, folder: _Folder, item: _Item) -> None:
-        if item.node is not None or item.dropped or item.reads:
+        if item.node is not None or item.packed is not None or item.dropped or item.reads:
             return
         if item.entry is not None:
             # Unchanged down to ctime, which any change of metadata (xattrs and ACLs included)
             # sets: the parent's entry is what capturing would give, without the xattr calls
             # (the same rule that lets a whole unchanged folder keep its tree; filescache). A
-            # plain file's entry is stored again as it is (packed_entry), others are checked.
+            # plain file's entry is stored again as it is, others are checked.
             if item.kind == FILE and reusable_entry(item.entry):
+                item.packed = pack_entry(item.entry)
                 return
             try:
                 item.node = decode_entry(item.entry, f"the parent's entry {item.name!r}")
@@ -547,8 +548,8 @@ class _Archiver:
         comes packed by it, the rest are packed from their nodes here."""
         if item.dropped:
             return None
-        if item.node is None and item.entry is not None:
-            return pack_entry(item.entry)
+        if item.packed is not None:
+            return item.packed
         if item.node is None and not item.reads:
             return None
         result = None
@@ -572,8 +573,6 @@ class _Archiver:
                     item.packed = result.packed
                     return item.packed
                 item.node = result.finished_node()
-        if item.packed is not None:
-            return item.packed
         node = item.node
         assert node is not None  # captured, or by the reader that read it
         if result is not None and not item.reads:  # a hard link sharing another link's read

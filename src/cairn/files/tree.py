@@ -143,15 +143,9 @@ def entry_map(node: Node) -> dict[str, Any]:
 
 def encode_tree(nodes: list[Node]) -> bytes:
     """The tree blob for `nodes` (sorted here); refuses names a reader would reject."""
-    return encode_entries([entry_map(n) for n in nodes])
-
-
-def encode_entries(entries: list[dict[str, Any]]) -> bytes:
-    """The tree blob for entry maps (sorted here by name), each made by `entry_map` or a
-    parent's entry that `reusable_entry` accepts; refuses names a reader would reject."""
-    ordered = sorted(entries, key=_by_name)
-    _check_names([entry["name"] for entry in ordered])
-    return encoding.pack({"v": TREE_FORMAT, "entries": ordered})
+    ordered = sorted(nodes, key=_by_name)
+    _check_names([node.name for node in ordered])
+    return encoding.pack({"v": TREE_FORMAT, "entries": [entry_map(n) for n in ordered]})
 
 
 def pack_entry(entry: dict[str, Any]) -> bytes:
@@ -160,8 +154,9 @@ def pack_entry(entry: dict[str, Any]) -> bytes:
 
 
 def encode_packed(entries: list[tuple[bytes, bytes]]) -> bytes:
-    """The tree blob for (name, packed entry) pairs in name order: the same bytes as
-    `encode_entries` of the maps, joined rather than packed again. A backup's worker processes
+    """The tree blob for (name, packed entry) pairs in name order, each entry packed from
+    `entry_map` or a parent's entry that `reusable_entry` accepts: the bytes `encode_tree`
+    gives, joined rather than packed again. A backup's worker processes
     pack the entries of the files they read, so the walk's process, the busiest one, only
     joins them."""
     _check_names([name for name, _ in entries])
@@ -189,7 +184,7 @@ def _check_names(names: list[bytes]) -> None:
 
 # A tree's map up to its entry array: {"v": TREE_FORMAT, "entries": [ (the array's header follows)
 _TREE_HEAD = encoding.pack({"v": TREE_FORMAT, "entries": []})[:-1]
-_by_name = operator.itemgetter("name")
+_by_name = operator.attrgetter("name")
 # The keys of a file's map as `entry_map` writes them, without and with hard-link identity.
 _FILE_KEYS = ("name", "type", "mode", "uid", "gid", "user", "group", "mtime", "atime", "ctime", "size", "content")
 _PLAIN_FILE_KEYS = frozenset({_FILE_KEYS, (*_FILE_KEYS, "links")})

@@ -160,7 +160,7 @@ def test_an_index_that_disagrees_with_the_pack_header_is_reported(built: Built) 
         if pack_id == target:  # claim a different plaintext length: sizes still add up
             e = entries[0]
             entries[0] = type(e)(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length + 1)
-        forged.append((pack_id, entries))
+        forged.append((pack_id, index_mod.pack_records(entries)))
     built.backend.delete(index_name)
     built.repo.store_object("index", "cd" * 32, index_mod.encode_index(forged))
     error = only_error(check(built.repo, CheckOptions()))

@@ -267,7 +267,7 @@ def test_an_index_rewritten_without_a_pack_is_noticed(repo: Repository, source: 
         packs.setdefault(entry.pack_id, []).append(
             PackEntry(entry.blob_type, entry.blob_id, entry.offset, entry.length, entry.raw_length))
     lost = next(p for p, entries in packs.items() if any(e.blob_type == 0 and e.raw_length > 100_000 for e in entries))
-    kept = [(p, e) for p, e in packs.items() if p != lost]
+    kept = [(p, index_mod.pack_records(e)) for p, e in packs.items() if p != lost]
     repo.store_object("index", os.urandom(32).hex(), index_mod.encode_index(kept, supersedes=old_ids))
     fresh = Repository.open(repo.backend, b"pw")
     again = backup(fresh, BackupOptions([str(source)], host="h"))

@@ -389,18 +389,17 @@ class BlobIndex:
         return sum(sum(c.nbytes for c in s.columns().values()) for s in self._segments)
 
 
-def encode_index(packs: Iterable[tuple[bytes, list[PackEntry]]], supersedes: Iterable[bytes] = ()) -> bytes:
-    """The plaintext of an index object describing `packs`."""
-    return encoding.pack(
-        {
-            "v": INDEX_FORMAT,
-            "packs": [
-                [pack_id, b"".join(RECORD.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries)]
-                for pack_id, entries in packs
-            ],
-            "supersedes": list(supersedes),
-        }
-    )
+def pack_records(entries: Iterable[PackEntry]) -> bytes:
+    """A pack's entries as an index object holds them: 45-byte records, one after another."""
+    return b"".join([RECORD.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries])
+
+
+def encode_index(packs: Iterable[tuple[bytes, bytes]], supersedes: Iterable[bytes] = ()) -> bytes:
+    """The plaintext of an index object describing `packs`: (pack id, `pack_records`) pairs."""
+    listed = [[pack_id, records] for pack_id, records in packs]
+    for _, records in listed:
+        assert len(records) % RECORD.size == 0
+    return encoding.pack({"v": INDEX_FORMAT, "packs": listed, "supersedes": list(supersedes)})
 
 
 def decode_index(plaintext: bytes, what: str) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:

@@ -20,7 +20,7 @@ from cairn.errors import DamagedObject, ObjectMissing, RepositoryLocked, UsageEr
 from cairn.repo import encoding, identity
 from cairn.repo import lock as lock_mod
 from cairn.repo.blob import open_blob
-from cairn.repo.index import INDEX_FORMAT, RECORD
+from cairn.repo.index import RECORD, encode_index
 from cairn.repo.pack import PackBuilder, object_name
 from cairn.repo.repository import Repository
 
@@ -47,15 +47,6 @@ def delete_quietly(repo: Repository, name: str) -> bool:
 
 
 # -- index objects ---------------------------------------------------------------------------
-
-
-def encode_index(packs: list[tuple[bytes, bytes]], supersedes: Iterable[bytes]) -> bytes:
-    """An index object body (docs/FORMAT.md §8) from already encoded 45-byte records."""
-    for _, records in packs:
-        assert len(records) % RECORD.size == 0
-    return encoding.pack(
-        {"v": INDEX_FORMAT, "packs": [[p, r] for p, r in packs], "supersedes": list(supersedes)}
-    )
 
 
 def write_index(repo: Repository, packs: Iterable[tuple[bytes, bytes]], supersedes: Iterable[bytes] = ()) -> list[bytes]:

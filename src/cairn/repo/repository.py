@@ -62,7 +62,10 @@ class Repository:
         self._mutex = threading.Lock()
         self._builder = PackBuilder()
         self._in_flight: set[bytes] = set()
-        self._unsaved: list[tuple[bytes, list[PackEntry]]] = []
+        # Packs indexed here that no index object names yet, with their records as the index
+        # object will hold them: 45 bytes a blob (the entries were 330 as objects, 32 MiB of
+        # the walk's 128 in a first backup of 100,000 small files).
+        self._unsaved: list[tuple[bytes, bytes]] = []
         self.locks = lock_mod.LockManager(self.store_object, self.load_object, backend)
         self.relied = ReliedPacks()
         """Packs this writer uses, kept indexed before its snapshot (docs/FORMAT.md §12)."""
@@ -325,7 +328,7 @@ class Repository:
             for entry in entries:
                 self.index.add(pack_id, entry)
                 self._in_flight.discard(entry.blob_id)
-            self._unsaved.append((pack_id, entries))
+            self._unsaved.append((pack_id, index_mod.pack_records(entries)))
             write_index = len(self._unsaved) >= INDEX_EVERY_PACKS
         self._tell_listener()
         if write_index:
@@ -359,18 +362,22 @@ class Repository:
         before anything relies on the packs."""
         if not packs:
             return
-        self._store_index(packs)
+        self._store_index_of(packs)
         with self._mutex:
             for pack_id, entries in packs:
                 for entry in entries:
                     self.index.add(pack_id, entry)
                 self.relied.rely(pack_id)
 
-    def _store_index(self, packs: list[tuple[bytes, list[PackEntry]]]) -> None:
+    def _store_index(self, packs: list[tuple[bytes, bytes]]) -> None:
+        """An index object naming `packs`: (pack id, `index.pack_records`) pairs."""
         self._check_lock_fresh()
         index_id = index_mod.new_index_id()
         self.store_object("index", index_id.hex(), index_mod.encode_index(packs))
         self.relied.note_index(index_id, (p for p, _ in packs))
+
+    def _store_index_of(self, packs: list[tuple[bytes, list[PackEntry]]]) -> None:
+        self._store_index([(pack_id, index_mod.pack_records(entries)) for pack_id, entries in packs])
 
     def flush(self) -> None:
         """Upload the partial pack and write the index: call before saving a snapshot."""
@@ -439,7 +446,7 @@ class Repository:
 
     def _keep_relied_indexed(self) -> None:
         if self._index_loaded:
-            self.relied.keep_indexed(self.backend, self.load_object, self.read_pack_header, self._store_index)
+            self.relied.keep_indexed(self.backend, self.load_object, self.read_pack_header, self._store_index_of)
 
     def load_snapshot(self, snapshot_id: bytes) -> Snapshot:
         return snapshot_mod.decode(self.load_object("snapshots", snapshot_id.hex()), snapshot_id)

@@ -40,9 +40,11 @@ Two levels of reuse:
   tree encoding is deterministic an unchanged folder still gets the same id.
 
 Under the same conditions, an entry unchanged down to the last stat field inside a folder that
-did change is taken from the parent's tree (checked as any tree entry is) rather than captured
-again: that saves its extended-attribute calls, which were most of a 1%-changed re-backup's
-extra time, since 1% of files spread over a tree changes most of its folders.
+did change is taken from the parent's tree rather than captured again: that saves its
+extended-attribute calls, which were most of a 1%-changed re-backup's extra time, since 1% of
+files spread over a tree changes most of its folders. A plain file's entry (the keys this
+version writes, no extended attributes) is stored again as it is, its fields being the ones just
+compared (tree.reusable_entry); any other is checked as any tree entry is.
 
 Trees are read here with the bare MessagePack decoder and only the fields above are used, each
 type-checked at use: decoding every field of every entry with full validation (`decode_tree`)

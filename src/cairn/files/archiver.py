@@ -576,8 +576,7 @@ class _Archiver:
         node = item.node
         assert node is not None  # captured, or by the reader that read it
         if result is not None and not item.reads:  # a hard link sharing another link's read
-            node.content, node.size = result.content, result.size
-            node.mtime, node.ctime = result.mtime, result.ctime
+            result.complete(node)
         elif item.content is not None:
             node.content = item.content
         if item.kind == DIR:

@@ -125,10 +125,13 @@ class ReadResult:
     """Instead of `node`, from a worker process: the file's tree entry, packed (`pack_node`)."""
 
     def finished_node(self) -> Node:
-        """The captured node completed by the read: its content, and the size and times that
-        content matches."""
-        node = self.node
-        assert node is not None
+        """The captured node completed by the read (`complete`)."""
+        assert self.node is not None
+        return self.complete(self.node)
+
+    def complete(self, node: Node) -> Node:
+        """`node` given what the read found: the content, and the size and times it matches
+        (the captured node, or a hard link's sharing this read)."""
         node.content, node.size, node.mtime, node.ctime = self.content, self.size, self.mtime, self.ctime
         return node
 

@@ -160,14 +160,7 @@ def encode_packed(entries: list[tuple[bytes, bytes]]) -> bytes:
     pack the entries of the files they read, so the walk's process, the busiest one, only
     joins them."""
     _check_names([name for name, _ in entries])
-    count = len(entries)
-    if count < 16:
-        head = bytes([0x90 | count])
-    elif count < 1 << 16:
-        head = b"\xdc" + count.to_bytes(2, "big")
-    else:
-        head = b"\xdd" + count.to_bytes(4, "big")
-    return b"".join([_TREE_HEAD, head, *(packed for _, packed in entries)])
+    return b"".join([_TREE_HEAD, encoding.array_header(len(entries)), *(packed for _, packed in entries)])
 
 
 def _check_names(names: list[bytes]) -> None:

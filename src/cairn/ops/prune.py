@@ -36,7 +36,7 @@ from cairn.ops.prune_plan import Usage, apply_plan, pack_usage, stored_packs
 from cairn.ops.reachable import Reachability
 from cairn.policy.repack import Limit, RepackOptions, plan
 from cairn.repo import maintenance as mnt
-from cairn.repo.index import RECORD, iter_records
+from cairn.repo.index import iter_records, pack_records
 from cairn.repo.pack import PackEntry, object_name
 from cairn.repo.repository import Repository
 from cairn.repo.table import IndexTable, list_ids, read_index_objects, try_load_table
@@ -281,8 +281,7 @@ class _Prune:
                     headers[pack_id] = None
             entries = headers[pack_id]
             if entries and any(e.blob_id in missing for e in entries):
-                records = b"".join(RECORD.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries)
-                found.append((pack_id, records))
+                found.append((pack_id, pack_records(entries)))
         if found:
             mnt.write_index(self.repo, found)
             self.result.reindexed_packs += len(found)
@@ -340,10 +339,7 @@ class _Prune:
             stored = stored_packs(self.repo)
             records = []
             for pack_id in sorted(needed):
-                entries = self.repo.read_pack_header(pack_id, stored[pack_id])
-                records.append((pack_id, b"".join(
-                    RECORD.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries
-                )))
+                records.append((pack_id, pack_records(self.repo.read_pack_header(pack_id, stored[pack_id]))))
             mnt.write_index(self.repo, records)
             self.result.reindexed_packs += len(needed)
             keep |= needed

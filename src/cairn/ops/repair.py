@@ -28,7 +28,7 @@ from cairn.image.checker import image_problems
 from cairn.ops.prune_plan import stored_packs
 from cairn.repo import maintenance as mnt
 from cairn.repo.blob import BlobType
-from cairn.repo.index import RECORD
+from cairn.repo.index import pack_records
 from cairn.repo.repository import Repository
 from cairn.repo.table import list_ids
 
@@ -58,7 +58,7 @@ def repair_index(repo: Repository) -> RepairIndexResult:
             except CairnError as exc:
                 result.damaged_packs.append(f"pack {pack_id.hex()[:12]}: {exc}")
                 continue
-            found.append((pack_id, b"".join(RECORD.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries)))
+            found.append((pack_id, pack_records(entries)))
             result.blobs += len(entries)
         result.packs = len(found)
         mnt.write_index(repo, found, old)

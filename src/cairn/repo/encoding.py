@@ -13,6 +13,11 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
+def array_header(length: int) -> bytes:
+    """The header of an array of `length` items, for items packed on their own and joined."""
+    return msgpack.Packer().pack_array_header(length)
+
+
 def unpack_map(data: bytes, what: str) -> dict[str, Any]:
     """Decode a msgpack map; anything else (or trailing bytes) means a damaged object."""
     try:

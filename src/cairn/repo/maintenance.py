@@ -20,7 +20,7 @@ from cairn.errors import DamagedObject, ObjectMissing, RepositoryLocked, UsageEr
 from cairn.repo import encoding, identity
 from cairn.repo import lock as lock_mod
 from cairn.repo.blob import open_blob
-from cairn.repo.index import RECORD, encode_index
+from cairn.repo.index import RECORD, encode_index, pack_records
 from cairn.repo.pack import PackBuilder, object_name
 from cairn.repo.repository import Repository
 
@@ -106,10 +106,7 @@ class PackWriter:
         data = builder.finish(self.repo.sealer)
         self.repo.backend.store(object_name(builder.pack_id), data)
         self.bytes_written += len(data)
-        records = b"".join(
-            RECORD.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length) for e in builder.entries
-        )
-        self.packs.append((builder.pack_id, records))
+        self.packs.append((builder.pack_id, pack_records(builder.entries)))
 
 
 # -- pending deletions -----------------------------------------------------------------------

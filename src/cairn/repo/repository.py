@@ -324,11 +324,12 @@ class Repository:
         """Index a stored pack: its blobs are no longer in flight, and an index object names it
         once INDEX_EVERY_PACKS packs wait (or at `flush`)."""
         self.relied.rely(pack_id)
+        records = index_mod.pack_records(entries)
         with self._mutex:
             for entry in entries:
                 self.index.add(pack_id, entry)
                 self._in_flight.discard(entry.blob_id)
-            self._unsaved.append((pack_id, index_mod.pack_records(entries)))
+            self._unsaved.append((pack_id, records))
             write_index = len(self._unsaved) >= INDEX_EVERY_PACKS
         self._tell_listener()
         if write_index:

@@ -159,8 +159,8 @@ class _Item:
 
 
 class _Folder:
-    __slots__ = ("path", "fd", "item", "todo", "plan", "items", "same", "parent", "record", "signatures",
-                 "digest", "clean", "deferred_files", "known")
+    __slots__ = ("path", "fd", "item", "todo", "plan", "items", "same", "parent", "parent_tree", "record",
+                 "signatures", "digest", "clean", "deferred_files", "known")
 
     def __init__(self, path: bytes, fd: int, item: _Item | None, names: list[bytes], plan: Plan | None,
                  parent: ParentFolder | None, record: FolderRecord | None = None) -> None:
@@ -172,6 +172,7 @@ class _Folder:
         self.items: list[_Item] = []
         self.same = True  # every entry so far is unchanged
         self.parent = parent
+        self.parent_tree: bytes | None = None  # the parent's tree id, once `parent` is let go
         # The folder cache (foldercache.py): with a record, entries are not compared with the
         # parent's as they are visited; the folder's end decides (close_folder, settle).
         self.record = record
@@ -443,8 +444,15 @@ class _Archiver:
         if above is not None:
             above.same = False
         self.waiting.append(folder)  # closed when stored, or by run() on an error
+        # A waiting folder may wait for hundreds of others' files: it lets go of what only its
+        # walk and capture needed (its parent tree decoded, each entry's parent map, the stat
+        # of each entry not being read), about 1 KB an entry.
         for item in folder.items:
             self.capture(folder, item)
+            item.entry = None
+            if item.pending is None:
+                del item.st
+        folder.parent, folder.parent_tree = None, parent.tree_id if parent is not None else None
         self.waiting_entries += len(folder.items)
         self.drain(MAX_WAITING_ENTRIES)
 
@@ -531,9 +539,9 @@ class _Archiver:
             self.note_folder(folder, tree_id)
             self.waiting_entries -= len(folder.items)
             if folder.plan is None:
-                if folder.parent is None:
+                if folder.parent_tree is None:
                     self.result.dirs_new += 1
-                elif folder.parent.tree_id == tree_id:
+                elif folder.parent_tree == tree_id:
                     self.result.dirs_unchanged += 1
                 else:
                     self.result.dirs_changed += 1

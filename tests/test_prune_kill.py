@@ -86,7 +86,7 @@ def test_the_steps_are_all_reached(tmp_path: Path) -> None:
     original = prune_mod._checkpoint
     prune_mod._checkpoint = seen.append  # type: ignore[assignment]
     try:
-        result = prune(Repository.open(LocalBackend(tmp_path / "repo"), PASSWORD.encode()), PruneOptions(max_unused=prune_mod.Limit(percent=0)))
+        result = prune(Repository.open(LocalBackend(tmp_path / "repo"), PASSWORD.encode()), PruneOptions(max_unused=Limit(percent=0)))
     finally:
         prune_mod._checkpoint = original  # type: ignore[assignment]
     assert result.packs_dropped and result.packs_repacked

@@ -5,12 +5,14 @@ of 300,000 blobs."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
 
-from conftest import FAST_KDF
-from cairn.files.tree import Node, encode_tree
+from conftest import FAST_KDF, SRC
+from cairn.files.tree import Node, decode_tree, encode_tree
 from cairn.ops.prune import PruneOptions, prune
 from cairn.policy.repack import Limit
 from cairn.repo import index as index_mod
@@ -70,3 +72,43 @@ def test_prune_memory_is_within_twice_the_index() -> None:
         tracemalloc.stop()
     assert result.packs_dropped == 10 and result.used_blobs == BLOBS - 10 * PER_PACK + 300
     assert peak <= 2 * index_bytes, f"peak {peak / 2**20:.1f} MiB for an index of {index_bytes / 2**20:.1f} MiB"
+
+
+def test_a_big_folder_is_walked_without_holding_it_decoded() -> None:
+    """Prune's walk reads a folder of 50,000 files entry by entry: its traced peak stays well
+    under what the folder's entries take decoded (a copy of /usr has such folders, and they
+    were prune's peak)."""
+    backend = MemoryBackend()
+    repo = Repository.init(backend, b"pw", FAST_KDF)
+    with repo.lock():
+        data, _ = repo.save_blob(BlobType.DATA, b"x")
+        nodes = [Node(f"f{i:06d}".encode(), "file", size=1, content=[data]) for i in range(50_000)]
+        folder, _ = repo.save_blob(BlobType.TREE, encode_tree(nodes))
+        root, _ = repo.save_blob(BlobType.TREE, encode_tree([Node(b"big", "dir", subtree=folder)]))
+        repo.flush()
+        repo.save_snapshot(Snapshot("files", root, [b"/"], "h", "u"))
+    plaintext = encode_tree(nodes)
+    del nodes
+    tracemalloc.start()
+    try:
+        decoded = decode_tree(plaintext, "tree")
+        _, decoded_peak = tracemalloc.get_traced_memory()
+        del decoded
+        tracemalloc.reset_peak()
+        result = prune(Repository.open(backend, b"pw"), PruneOptions())
+        _, prune_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.used_blobs == 3
+    assert prune_peak < decoded_peak / 2, f"prune peaked at {prune_peak / 2**20:.1f} MiB, the folder decoded takes {decoded_peak / 2**20:.1f}"
+
+
+def test_prune_derives_the_key_before_loading_numpy() -> None:
+    """The command line builds prune's options and opens the repository without importing
+    NumPy (16 MiB resident): otherwise it sits under the key derivation's 32 MiB, the peak of a
+    prune of a small repository."""
+    code = ("import sys; from cairn.cli.prune_cmd import build_options; build_options('5%', '1G', False); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'numpy'))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

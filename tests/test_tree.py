@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from cairn.errors import DamagedObject
-from cairn.files.tree import Node, decode_tree, encode_packed, encode_tree, entry_map, pack_entry, reusable_entry
+from cairn.files.tree import (
+    Node, decode_tree, encode_packed, encode_tree, entry_map, iter_tree, pack_entry, reusable_entry,
+)
 from cairn.repo import encoding
 
 ID_A = bytes(range(32))
@@ -95,11 +97,27 @@ def test_encoder_refuses_bad_names_too(name: bytes) -> None:
         encoding.pack({"v": 1, "entries": {}}),
         encoding.pack([1, 2]),
         b"\xc1garbage",
+        raw_tree(entry()) + b"\x00",  # bytes after the tree
+        raw_tree(entry())[:-3],  # cut short
+        encoding.pack({"entries": []}),  # no version
+        encoding.pack({"v": True, "entries": []}),
+        encoding.pack({"v": 1}),  # no entries
+        b"\x82\xa1v\x01\xa1v\x01",  # {"v": 1, "v": 1}
+        b"\x82\x91\x01\x01\xa1v\x01",  # {[1]: 1, "v": 1}: a key no map may have
     ],
 )
 def test_malformed_trees_are_damaged_objects(bad: bytes) -> None:
     with pytest.raises(DamagedObject):
         decode_tree(bad, "tree 1234")
+
+
+def test_entries_are_read_one_at_a_time() -> None:
+    """What lets prune walk a folder of 100,000 files without holding it decoded whole: the
+    first entry comes out before a damaged second one is even read."""
+    entries = iter_tree(raw_tree(entry(name=b"a"), entry(name=b"b", mode="0644")), "tree 1234")
+    assert next(entries).name == b"a"
+    with pytest.raises(DamagedObject, match="tree 1234, entry b'b' is damaged"):
+        next(entries)
 
 
 def special_nodes() -> list[Node]:

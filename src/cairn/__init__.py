@@ -82,7 +82,7 @@ _EXPORTS: dict[str, str] = {
     "ForgetOptions": "cairn.ops.forget",
     "ForgetResult": "cairn.ops.forget",
     "prune": "cairn.ops.prune",
-    "PruneOptions": "cairn.ops.prune",
+    "PruneOptions": "cairn.policy.repack",
     "PruneResult": "cairn.ops.prune",
     "stats": "cairn.ops.stats",
     "StatsOptions": "cairn.ops.stats",

@@ -11,7 +11,7 @@ from cairn.cli.context import State, global_options, pass_state
 from cairn.cli.output import Output, human_size
 from cairn.errors import UsageError
 from cairn.ops import access
-from cairn.policy.repack import Limit, parse_size
+from cairn.policy.repack import Limit, PruneOptions, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,9 +26,7 @@ def prune_options(f: F) -> F:
     return f
 
 
-def build_options(max_unused: str, max_repack_size: str | None, dry_run: bool) -> Any:
-    from cairn.ops.prune import PruneOptions
-
+def build_options(max_unused: str, max_repack_size: str | None, dry_run: bool) -> PruneOptions:
     try:
         limit = Limit.parse(max_unused)
         repack = parse_size(max_repack_size) if max_repack_size is not None else None

@@ -37,6 +37,7 @@ component that cannot climb out of the folder it is restored into.
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -324,12 +325,43 @@ def _links(value: object, where: str) -> tuple[int, int, int]:
 
 def decode_tree(data: bytes, what: str) -> list[Node]:
     """Parse and check a tree blob; anything malformed raises DamagedObject naming `what`."""
-    obj = encoding.unpack_map(data, what)
-    if encoding.field(obj, "v", int, what) != TREE_FORMAT:
-        raise DamagedObject(f"{what} has an unknown tree format {obj['v']}")
-    entries = encoding.field(obj, "entries", list, what)
-    nodes = [decode_entry(e, what) for e in entries]
-    for before, after in zip(nodes, nodes[1:]):
-        if not before.name < after.name:
-            raise DamagedObject(f"{what} is damaged: entries unsorted or duplicated at {after.name!r}")
-    return nodes
+    return list(iter_tree(data, what))
+
+
+def iter_tree(data: bytes, what: str) -> Iterator[Node]:
+    """The entries of a tree blob one at a time, each checked as `decode_tree` promises.
+
+    Why: prune's reachability walk needs only each entry's ids, and a folder of 100,000
+    files decoded whole held all its Nodes at once (17.5 MiB of prune's peak on a copy of
+    /usr). Reading entry by entry costs the same per entry. A damaged tree raises, possibly
+    after some of its entries were yielded; callers that act on entries must treat the
+    error as covering the whole tree."""
+    reader = encoding.Reader(data, what)
+    seen: set[str] = set()
+    for _ in range(reader.map_header()):
+        key = reader.value()
+        if not isinstance(key, str):
+            raise DamagedObject(f"{what} is damaged: a key is not a string")
+        if key in seen:
+            raise DamagedObject(f"{what} is damaged: field {key!r} twice")
+        seen.add(key)
+        if key == "v":
+            version = reader.value()
+            if type(version) is not int:
+                raise DamagedObject(f"{what} is damaged: field 'v' missing or of the wrong type")
+            if version != TREE_FORMAT:
+                raise DamagedObject(f"{what} has an unknown tree format {version}")
+        elif key == "entries":
+            previous = None
+            for _ in range(reader.array_header()):
+                node = decode_entry(reader.value(), what)
+                if previous is not None and not previous < node.name:
+                    raise DamagedObject(f"{what} is damaged: entries unsorted or duplicated at {node.name!r}")
+                previous = node.name
+                yield node
+        else:
+            reader.value()  # a key this version does not know
+    reader.end()
+    for key in ("v", "entries"):
+        if key not in seen:
+            raise DamagedObject(f"{what} is damaged: field {key!r} missing or of the wrong type")

@@ -34,7 +34,7 @@ import numpy as np
 from cairn.errors import DamagedObject, ObjectMissing, UsageError
 from cairn.ops.prune_plan import Usage, apply_plan, pack_usage, stored_packs
 from cairn.ops.reachable import Reachability
-from cairn.policy.repack import Limit, RepackOptions, plan
+from cairn.policy.repack import PruneOptions, RepackOptions, plan
 from cairn.repo import maintenance as mnt
 from cairn.repo.index import iter_records, pack_records
 from cairn.repo.pack import PackEntry, object_name
@@ -50,17 +50,6 @@ PAUSE_ENV = "CAIRN_TEST_PRUNE_PAUSE_AT"
 KILL_AFTER_ENV = "CAIRN_TEST_PRUNE_KILL_AFTER_WRITES"
 """Test hook: N, to SIGKILL the process once the N-th store or delete of this prune returned
 (its lock's first write is the first): a kill between any two changes to the storage."""
-
-
-@dataclass(frozen=True)
-class PruneOptions:
-    max_unused: Limit = Limit(percent=5.0)
-    max_repack_size: int | None = None
-    dry_run: bool = False
-    ignore_snapshots: frozenset[bytes] = frozenset()
-    """Snapshots to count as already forgotten, for `forget --dry-run --prune` to show what
-    the prune after a real forget would do. Dry runs only: a real prune that skipped live
-    snapshots would delete their data."""
 
 
 @dataclass

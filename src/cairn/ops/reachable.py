@@ -13,12 +13,12 @@ not remove what it could not see referenced.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
 from cairn.errors import DamagedObject
-from cairn.files.tree import DIR, FILE, Node, decode_tree
+from cairn.files.tree import DIR, FILE, iter_tree
 from cairn.image import format as disk_format
 from cairn.image.pages import DATA, PARTIAL, decode_page, mask_length
 from cairn.repo.repository import Repository
@@ -27,8 +27,6 @@ from cairn.repo.table import IndexTable, ids_array
 
 REACHED = 1
 WALKED = 2
-
-TreeVisitor = Callable[[bytes, list[Node]], None]
 
 
 class Reachability:
@@ -41,8 +39,6 @@ class Reachability:
         self.missing: set[bytes] = set()
         self.walked: set[bytes] = set()
         """Ids of the snapshots walked so far."""
-        self.on_tree: TreeVisitor | None = None
-        """Called with each tree's nodes the first time it is read (stats counts files there)."""
 
     def _row(self, blob_id: bytes) -> int:
         return int(self.table.locate(ids_array([blob_id]))[0])
@@ -88,16 +84,14 @@ class Reachability:
             row = self._enter(tree_id)
             if row < 0:
                 continue
-            nodes = decode_tree(self.table.load_blob(self.repo, row), f"tree {tree_id.hex()[:12]}")
             content: list[bytes] = []
-            for node in nodes:
+            # Entry by entry: a folder of 100,000 files is never held decoded whole.
+            for node in iter_tree(self.table.load_blob(self.repo, row), f"tree {tree_id.hex()[:12]}"):
                 if node.type == FILE:
                     content.extend(node.content)
                 elif node.type == DIR and node.subtree is not None:
                     stack.append(node.subtree)
             self.mark(content)
-            if self.on_tree is not None:
-                self.on_tree(tree_id, nodes)
 
     def _walk_image(self, root: bytes) -> None:
         row = self._enter(root)

@@ -69,6 +69,21 @@ def parse_size(text: str) -> int:
 
 
 @dataclass(frozen=True)
+class PruneOptions:
+    """What `prune` may do. Kept here, beside the limits it holds, so that the command line
+    builds it (refusing a bad limit before asking the password) without loading prune and
+    numpy: 16 MiB that would otherwise be resident while the key derivation takes its 32."""
+
+    max_unused: Limit = Limit(percent=5.0)
+    max_repack_size: int | None = None
+    dry_run: bool = False
+    ignore_snapshots: frozenset[bytes] = frozenset()
+    """Snapshots to count as already forgotten, for `forget --dry-run --prune` to show what
+    the prune after a real forget would do. Dry runs only: a real prune that skipped live
+    snapshots would delete their data."""
+
+
+@dataclass(frozen=True)
 class PackUsage:
     """What prune learned about one pack."""
 

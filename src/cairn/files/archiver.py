@@ -55,7 +55,8 @@ from cairn.repo.repository import Repository
 
 # Entries of folders finished but waiting for file content; beyond this the walk waits for the
 # oldest folder. It bounds memory when a big file holds up the queue while the other reader
-# keeps going (at ~1 KB per entry), and is large enough for that reader to stay busy meanwhile.
+# keeps going (a few hundred bytes per entry: close_folder lets go of the rest), and is large
+# enough for that reader to stay busy meanwhile.
 MAX_WAITING_ENTRIES = 8192
 # Folders waiting with their descriptor open (the readers open their files through it).
 MAX_WAITING_FOLDERS = 256
@@ -446,7 +447,8 @@ class _Archiver:
         self.waiting.append(folder)  # closed when stored, or by run() on an error
         # A waiting folder may wait for hundreds of others' files: it lets go of what only its
         # walk and capture needed (its parent tree decoded, each entry's parent map, the stat
-        # of each entry not being read), about 1 KB an entry.
+        # of each entry not being read): about 1 KB an entry, 12 MiB of a 1%-changed re-backup
+        # of 100,000 small files.
         for item in folder.items:
             self.capture(folder, item)
             item.entry = None

@@ -1,7 +1,8 @@
 """The benchmark suite of issue 7: one command, every scenario, one table of medians and ratios.
 
     python bench/run.py [--datasets real,linux] [--runs 2] [--tools cairn,restic,borg]
-                        [--images] [--image-size-mib 2048] [--json out.json] [--baseline OLD/src]
+                        [--images] [--image-size-mib 2048] [--ceiling] [--json out.json]
+                        [--baseline OLD/src]
 
 File backups, per data set (bench/datasets.py), each run of each tool on a fresh copy with a
 fresh repository, the tools interleaved scenario by scenario within a run (every tool's first
@@ -14,6 +15,12 @@ Images (--images, needs root): bench/image_bench.py's pair of GPT disks (one ext
 --image-size-mib, half full; then 1% of it changed), cairn (its default chunk size,
 in-process) beside `partclone | zstd` (with the table and first MiB, as Clonezilla saves a
 disk) and `dd | zstd`: first image, second image, full restore, and cairn's delta restore.
+
+The ceiling goal (--ceiling): four 1 GiB files of random bytes and a repository, both in
+/dev/shm (the page cache and tmpfs: no disk in the measure); each run measures the pipeline
+ceiling (bench/ceiling.py's `libraries`, one process per core over 512 MiB each in memory),
+then times a first backup of the four files by cairn, and reports its MB/s as a share of that
+ceiling, taken seconds apart (issue 7: at least 60%), with its CPU/wall.
 
 The table shows, per scenario and metric, the median of each tool and cairn/peer ratios (below
 1: cairn is better). On a shared machine absolute seconds mean little; ratios are the result.
@@ -185,6 +192,45 @@ def run_images(size_mib: int, runs: int) -> dict[str, list[Result]]:
     return results
 
 
+CEILING_FILES, CEILING_MIB = 4, 1024
+
+
+def run_ceiling(runs: int) -> list[Result]:
+    """The share of the measured pipeline ceiling a first backup of big random files reaches."""
+    import ceiling
+
+    procs = os.cpu_count() or 2
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cairn-run-ceiling-", dir="/dev/shm") as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        data.mkdir()
+        for n in range(CEILING_FILES):
+            with open(data / f"random{n}", "wb") as out:
+                for _ in range(CEILING_MIB // 16):
+                    out.write(os.urandom(16 << 20))
+        size = CEILING_FILES * (CEILING_MIB << 20)
+        sample = (data / "random0").read_bytes()[:512 << 20]
+        env = dict(os.environ, CAIRN_PASSWORD=PASSWORD, XDG_CACHE_HOME=str(work / "cache"), HOME=str(work),
+                   PYTHONPATH=str(HERE.parent / "src"))
+        for run in range(runs):
+            print(f"ceiling run {run + 1}/{runs}", file=sys.stderr)
+            limit = procs * len(sample) / ceiling.timed(ceiling.libraries, sample, procs) / 1e6
+            repo = work / "repo"
+            shutil.rmtree(repo, ignore_errors=True)
+            shutil.rmtree(work / "cache", ignore_errors=True)
+            cmds = tool_commands("cairn", repo, work / "cache", data, work)
+            subprocess.run(cmds["init"], env=env, check=True, capture_output=True)
+            backup = timed(cmds["backup"], env)
+            backup["mb_per_s"] = size / 1e6 / backup["wall"]
+            backup["ceiling_mb_per_s"] = limit
+            backup["percent"] = 100 * backup["mb_per_s"] / limit
+            backup["cpu_per_wall"] = backup["cpu"] / backup["wall"]
+            results.append(backup)
+            shutil.rmtree(repo)
+    return results
+
+
 def medians(runs: list[dict]) -> dict:
     if runs and isinstance(runs[0].get(next(iter(runs[0]))), dict):
         return {s: medians([r[s] for r in runs]) for s in runs[0]}
@@ -249,6 +295,7 @@ def main() -> None:
     parser.add_argument("--tools", default="cairn,restic,borg")
     parser.add_argument("--images", action="store_true")
     parser.add_argument("--image-size-mib", type=int, default=2048)
+    parser.add_argument("--ceiling", action="store_true", help="also the pipeline-ceiling goal (8 GiB of /dev/shm)")
     parser.add_argument("--workdir", default="/var/tmp/cairn-bench")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--baseline", type=Path, metavar="SRC",
@@ -272,7 +319,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
     report: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "load_start": loadavg(),
                     "cpus": os.cpu_count(), "tools": tools, "files": {}, "tables": {}}
-    for name in args.datasets.split(","):
+    for name in filter(None, args.datasets.split(",")):
         if name not in DATASETS:
             raise SystemExit(f"unknown data set {name}")
         source = prepare(name, Path(args.workdir) / "datasets")
@@ -291,6 +338,14 @@ def main() -> None:
         images = run_images(args.image_size_mib, args.runs)
         report["images"] = images
         report["tables"]["images"] = image_table(images)
+    if args.ceiling:
+        runs = run_ceiling(args.runs)
+        report["ceiling"] = runs
+        report["tables"]["ceiling"] = table(
+            f"ceiling: first backup of {CEILING_FILES} x {CEILING_MIB} MiB random, repository in /dev/shm",
+            {"cairn": {"first": medians(runs)}}, ["first"],
+            ("wall", "cpu", "cpu_per_wall", "rss_mib", "mb_per_s", "ceiling_mb_per_s", "percent"))
+        print("per run, % of the ceiling: " + ", ".join(f"{r['percent']:.0f}" for r in runs))
     report["load_end"] = loadavg()
     print(f"\nload average: start {report['load_start']}, end {report['load_end']}")
     if args.json:

@@ -287,3 +287,30 @@ def test_image_snapshots_keep_their_descriptions_pages_and_data(tmp_path: Path) 
     assert checked.errors == []
     assert prune(repo, PruneOptions(dry_run=True)).unused_bytes == 0
     assert second
+
+
+def test_a_tree_damaged_past_its_first_entries_stops_prune_before_it_deletes() -> None:
+    """Prune's walk reads a tree entry by entry (files/tree.iter_tree): an entry found damaged
+    after others were already marked still fails the whole prune, and nothing is deleted, not
+    even a pack no snapshot could have needed."""
+    from cairn.errors import DamagedObject
+    from cairn.repo import encoding
+    from cairn.repo.snapshot import Snapshot
+    from cairn.testing.memory import MemoryBackend
+    from conftest import FAST_KDF
+
+    repo = Repository.init(MemoryBackend(), b"pw", FAST_KDF, pack_size=1000)
+    with repo.lock():
+        repo.save_blob(BlobType.DATA, random.Random(1).randbytes(2000))  # in no snapshot
+        used, _ = repo.save_blob(BlobType.DATA, random.Random(2).randbytes(2000))
+        entry = {"name": b"a", "type": "file", "mode": 0o644, "uid": 0, "gid": 0, "user": "", "group": "",
+                 "mtime": 0, "atime": 0, "ctime": 0, "size": 2000, "content": [used]}
+        damaged = {**entry, "name": b"b", "mode": "0644"}
+        root, _ = repo.save_blob(BlobType.TREE, encoding.pack({"v": 1, "entries": [entry, damaged]}))
+        repo.flush()
+        repo.save_snapshot(Snapshot("files", root, [b"/"], "h", "u"))
+    before = sorted(info.name for info in repo.backend.list("data"))
+    assert len(before) == 3  # a pack each: the unused blob, the used one, the tree
+    with pytest.raises(DamagedObject, match=f"tree {root.hex()[:12]}, entry b'b' is damaged"):
+        prune(Repository.open(repo.backend, b"pw"), PruneOptions(max_unused=Limit(percent=0)))
+    assert sorted(info.name for info in repo.backend.list("data")) == before

@@ -13,7 +13,7 @@ its own copy, and the aggregate MB/s of the slowest process's wall time is repor
 * `libraries`: the issue's stages back to back per chunk: FastCDC cut (cairn's chunker
   parameters), keyed BLAKE3, a zstd-3 attempt of the whole chunk, AES-256-GCM encryption.
 * `cairn_stages`: what a cairn backup worker does per chunk after reading, through cairn's own
-  functions: cut, keyed BLAKE3, `blob_plaintext` (a compression probe, then zstd or the raw
+  functions: cut, keyed BLAKE3, `blob_parts` (a compression probe, then zstd or the raw
   bytes behind a flag), sealing into a pack-sized buffer and verifying it (decrypt + compare).
 * `cut`, `hash`, `encrypt`: each stage alone, one process, for where the time goes.
 
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from pyfastcdc import FastCDC  # noqa: E402
 
 from cairn.files.pipeline import _buffer_cutter  # noqa: E402
-from cairn.repo.blob import BlobType, blob_plaintext, seal_blob_into  # noqa: E402
+from cairn.repo.blob import BlobType, blob_parts, seal_blob_into  # noqa: E402
 from cairn.repo.config import ChunkerParams  # noqa: E402
 from cairn.repo.crypto import OVERHEAD, Sealer  # noqa: E402
 
@@ -68,8 +68,8 @@ def cairn_stages(data: bytes) -> None:
     for chunk in cutter().cut_buf(data):
         view = chunk.data
         blob_id = blake3.blake3(view, key=KEY).digest()
-        plain = blob_plaintext(view, 3)
-        seal_blob_into(sealer, BlobType.DATA, blob_id, view, plain, memoryview(out)[: len(plain) + OVERHEAD])
+        parts = blob_parts(view, 3)
+        seal_blob_into(sealer, BlobType.DATA, blob_id, view, parts, memoryview(out)[: len(parts[0]) + len(parts[1]) + OVERHEAD])
 
 
 def cut(data: bytes) -> None:

@@ -96,15 +96,27 @@ def _worth_compressing(data: bytes | memoryview, level: int) -> bool:
     return _pays(len(probe), len(_compressor(level).compress(probe, mode=zstd.ZstdCompressor.FLUSH_FRAME)))
 
 
-def blob_plaintext(data: bytes | memoryview, level: int) -> bytes | memoryview:
-    """What is sealed for `data`: a flag, then the zstd frame when compressing pays, else the
-    bytes, copied behind the flag into this thread's buffer (valid until the thread's next
-    call: it is sealed at once). A new bytes object for each big incompressible chunk cost a
-    backup worker more than sealing it (fresh memory: a page fault per 4 KiB)."""
+_FLAGS = {RAW: bytes([RAW]), ZSTD: bytes([ZSTD])}
+
+
+def blob_parts(data: bytes | memoryview, level: int) -> tuple[bytes, bytes | memoryview]:
+    """What is sealed for `data`, as its flag byte and the rest: the zstd frame when
+    compressing pays, else `data` itself (`Sealer.seal_parts_into` seals the two unjoined)."""
     if len(data) >= 64 and (len(data) < PROBE_FROM or _worth_compressing(data, level)):
         compressed = _compressor(level).compress(data, mode=zstd.ZstdCompressor.FLUSH_FRAME)
         if _pays(len(data), len(compressed)):
-            return bytes([ZSTD]) + compressed
+            return _FLAGS[ZSTD], compressed
+    return _FLAGS[RAW], data
+
+
+def blob_plaintext(data: bytes | memoryview, level: int) -> bytes | memoryview:
+    """`blob_parts` joined: a raw blob's bytes are copied behind the flag into this thread's
+    buffer (valid until the thread's next call: it is sealed at once). A new bytes object for
+    each big incompressible chunk cost more than sealing it (fresh memory: a page fault per
+    4 KiB)."""
+    flag, body = blob_parts(data, level)
+    if flag == _FLAGS[ZSTD]:
+        return flag + body
     plain = memoryview(_buffer("plain", len(data) + 1))[: len(data) + 1]
     plain[0] = RAW
     plain[1:] = data  # through a memoryview: a bytearray's slice copies a non-bytearray first
@@ -121,10 +133,10 @@ def seal_blob(
 
 
 def seal_blob_into(sealer: Sealer, blob_type: int, blob_id: bytes, data: bytes | memoryview,
-                   plaintext: bytes | memoryview, out: memoryview) -> None:
-    """`seal_blob` written into `out`: `blob_plaintext(data)`'s OVERHEAD + len(plaintext)
-    sealed bytes, in a pack's buffer."""
-    sealer.seal_into(plaintext, blob_aad(blob_type, blob_id), out)
+                   parts: tuple[bytes, bytes | memoryview], out: memoryview) -> None:
+    """`seal_blob` written into `out`, a pack's next OVERHEAD + len(flag) + len(rest) bytes,
+    `parts` being `blob_parts(data)`: (flag, rest)."""
+    sealer.seal_parts_into(*parts, blob_aad(blob_type, blob_id), out)
     verify_sealed(sealer, blob_type, blob_id, out, data)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import blake3
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cairn.errors import DamagedObject
@@ -20,6 +21,11 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = NONCE_SIZE + TAG_SIZE
 MASTER_SIZE = 32
+STREAM_FROM = 64 * 1024
+"""A plaintext given in two parts, the second this long or longer, is sealed part by part
+(AES-GCM's streaming interface) rather than joined first: joining copied a big incompressible
+chunk once more (sealing 1 MiB: 142 µs instead of 200). Below it, the streaming interface's
+objects cost more than the copy."""
 
 DATA_KEY_CONTEXT = "cairn 2026-11 v1 data encryption key"
 ID_KEY_CONTEXT = "cairn 2026-11 v1 blob id key"
@@ -53,6 +59,7 @@ class Sealer:
     """Encrypts and authenticates with one key; thread-safe (AESGCM objects are stateless)."""
 
     def __init__(self, key: bytes) -> None:
+        self._key = key
         self._aead = AESGCM(key)
 
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
@@ -65,6 +72,20 @@ class Sealer:
         nonce = os.urandom(NONCE_SIZE)
         out[:NONCE_SIZE] = nonce
         self._aead.encrypt_into(nonce, plaintext, aad, out[NONCE_SIZE:])
+
+    def seal_parts_into(self, head: bytes, body: bytes | memoryview, aad: bytes, out: memoryview) -> None:
+        """`seal_into` of `head` + `body` without joining them: the same envelope."""
+        if len(body) < STREAM_FROM:
+            self.seal_into(head + body, aad, out)
+            return
+        nonce = os.urandom(NONCE_SIZE)
+        out[:NONCE_SIZE] = nonce
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        at = NONCE_SIZE + encryptor.update_into(head, out[NONCE_SIZE:])
+        at += encryptor.update_into(body, out[at:])
+        encryptor.finalize()
+        out[at:] = encryptor.tag  # `out` ends exactly with the tag: a wrong length raises here
 
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
         """Decrypt and authenticate; `what` names the object in the error a user sees."""

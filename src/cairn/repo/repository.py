@@ -20,7 +20,7 @@ from cairn.repo import index as index_mod
 from cairn.repo import keys as keys_mod
 from cairn.repo import lock as lock_mod
 from cairn.repo import snapshot as snapshot_mod
-from cairn.repo.blob import blob_plaintext, open_blob, seal_blob, seal_blob_into
+from cairn.repo.blob import blob_parts, open_blob, seal_blob, seal_blob_into
 from cairn.repo.crypto import OVERHEAD, BlobHasher, MasterKey, Sealer
 from cairn.repo.index import BlobIndex, IndexEntry
 from cairn.repo.relied import ReliedPacks
@@ -297,9 +297,9 @@ class Repository:
 
     def seal_into(self, builder: PackBuilder, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> None:
         """`seal` straight into `builder`'s buffer (a backup worker's own pack): no sealed copy."""
-        plaintext = blob_plaintext(data, self.config.compression_level)
-        builder.add_filled(blob_type, blob_id, OVERHEAD + len(plaintext), len(data),
-                           lambda out: seal_blob_into(self.sealer, blob_type, blob_id, data, plaintext, out))
+        parts = blob_parts(data, self.config.compression_level)
+        builder.add_filled(blob_type, blob_id, OVERHEAD + len(parts[0]) + len(parts[1]), len(data),
+                           lambda out: seal_blob_into(self.sealer, blob_type, blob_id, data, parts, out))
 
     def store_pack(self, builder: PackBuilder) -> None:
         """Write a filled pack to storage (the rest of it, for a streamed one); nothing names

@@ -299,7 +299,8 @@ def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Reposit
     """In a folder that changed, each unchanged entry is taken from the parent's tree instead
     of being captured again: its xattrs, link identity and special kinds must come through
     intact, the changed sibling must show its change, and the tree must be the one a backup
-    capturing everything (--force) encodes, plain files' entries packed again as they were."""
+    capturing everything (--force) encodes, plain files' entries taken as the parent's tree
+    holds them."""
     captured: list[bytes] = []
     real_capture = archiver.capture
 
@@ -314,8 +315,16 @@ def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Reposit
         decoded.append(entry["name"])
         return real_decode(entry, what)
 
+    packed: list[bytes] = []
+    real_pack = archiver.pack_entry
+
+    def noted_pack(entry: dict[str, Any]) -> bytes:
+        packed.append(entry["name"])
+        return real_pack(entry)
+
     monkeypatch.setattr(archiver, "capture", noted_capture)
     monkeypatch.setattr(archiver, "decode_entry", noted_decode)
+    monkeypatch.setattr(archiver, "pack_entry", noted_pack)
     folder = source / "d1"
     os.setxattr(folder / "f1", b"user.k", b"v")
     os.symlink("f1", folder / "link")
@@ -326,11 +335,14 @@ def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Reposit
     (folder / "f2").write_bytes(b"changed")  # the folder changes; f0, f1, link, pipe, hard do not
     os.setxattr(folder / "f3", b"user.k", b"new")
     captured.clear()
+    packed.clear()
     changed = run(repo, source)
     assert changed.files_changed == 2  # f2, and f3 whose xattr changed its ctime
     assert not {b"f0", b"f1", b"link", b"pipe", b"hard"} & set(captured)  # taken from the parent's tree
     # plain files' entries are stored again as they are; the others are decoded and checked
     assert {b"f1", b"link", b"pipe"} <= set(decoded) and not {b"f0", b"f4", b"hard", b"big"} & set(decoded)
+    # ... and not even packed again: their bytes in the parent's tree go into the new one
+    assert not {b"f0", b"f4", b"hard", b"big"} & set(packed)
     root = repo.find_snapshot("latest").root
     assert node_at(repo, root, folder / "f1").xattrs == [(b"user.k", b"v")]
     assert node_at(repo, root, folder / "f3").xattrs == [(b"user.k", b"new")]

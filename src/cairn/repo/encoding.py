@@ -64,11 +64,6 @@ class Reader:
     def value(self) -> Any:
         return self._read(self._unpacker.unpack)
 
-    def tell(self) -> int:
-        """Where the next piece starts: the end of the last one read."""
-        position: int = self._unpacker.tell()
-        return position
-
     def end(self) -> None:
         """Refuse bytes after the object, as unpacking it whole does."""
         if self._unpacker.tell() != self._size:

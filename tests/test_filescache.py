@@ -12,11 +12,13 @@ from typing import Any
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import msgpack
 import pytest
 
-from cairn.files import archiver
+from cairn.errors import CairnError
+from cairn.files import archiver, filescache
 from cairn.files.restorer import load_tree
-from cairn.files.tree import Node, encode_tree
+from cairn.files.tree import Node, encode_tree, pack_entry
 from cairn.ops.backup import BackupOptions, backup, program
 from cairn.ops.check import CheckOptions, check
 from cairn.repo.blob import BlobType
@@ -352,3 +354,27 @@ def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Reposit
     kept_tree = node_at(repo, root, folder).subtree
     run(repo, source, force=True)
     assert node_at(repo, repo.find_snapshot("latest").root, folder).subtree == kept_tree
+
+
+def test_a_parent_tree_is_read_with_each_entry_as_its_bytes_and_damage_is_caught() -> None:
+    """The walk reads parent trees itself (filescache._read_tree): each entry's bytes are the
+    ones packing its map gives (what the new tree stores for an unchanged file), and a damaged
+    tree raises only what ParentTrees catches (it then reads the folder's files again), never
+    anything that would end the backup."""
+    nodes = [Node(f"f{i}".encode(), "file", 0o644, size=i, content=[bytes(32)] * (i % 3)) for i in range(20)]
+    nodes.append(Node(b"sub", "dir", 0o755, subtree=bytes(range(32))))
+    plaintext = encode_tree(nodes)
+    entries, names, packed = filescache._read_tree(plaintext)
+    assert names == sorted(n.name for n in nodes)
+    assert all(packed[name] == pack_entry(entries[name]) for name in names)
+    caught = (CairnError, ValueError, TypeError, KeyError, msgpack.UnpackException)
+    rng = random.Random(5)
+    for _ in range(1000):
+        damaged = bytearray(plaintext)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(damaged))
+            damaged[at:at + rng.randint(0, 3)] = bytes(rng.randrange(256) for _ in range(rng.randint(0, 3)))
+        try:
+            filescache._read_tree(bytes(damaged))
+        except caught:
+            pass

@@ -215,10 +215,10 @@ def run_ceiling(runs: int) -> list[Result]:
                    PYTHONPATH=str(HERE.parent / "src"))
         for run in range(runs):
             print(f"ceiling run {run + 1}/{runs}", file=sys.stderr)
-            limit = procs * len(sample) / ceiling.timed(ceiling.libraries, sample, procs) / 1e6
             repo = work / "repo"
             shutil.rmtree(repo, ignore_errors=True)
             shutil.rmtree(work / "cache", ignore_errors=True)
+            limit = procs * len(sample) / ceiling.timed(ceiling.libraries, sample, procs) / 1e6
             cmds = tool_commands("cairn", repo, work / "cache", data, work)
             subprocess.run(cmds["init"], env=env, check=True, capture_output=True)
             backup = timed(cmds["backup"], env)
@@ -227,7 +227,6 @@ def run_ceiling(runs: int) -> list[Result]:
             backup["percent"] = 100 * backup["mb_per_s"] / limit
             backup["cpu_per_wall"] = backup["cpu"] / backup["wall"]
             results.append(backup)
-            shutil.rmtree(repo)
     return results
 
 

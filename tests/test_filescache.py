@@ -327,6 +327,7 @@ def test_unchanged_entries_of_a_changed_folder_keep_their_metadata(repo: Reposit
     monkeypatch.setattr(archiver, "capture", noted_capture)
     monkeypatch.setattr(archiver, "decode_entry", noted_decode)
     monkeypatch.setattr(archiver, "pack_entry", noted_pack)
+    monkeypatch.setattr(filescache, "pack_entry", noted_pack)
     folder = source / "d1"
     os.setxattr(folder / "f1", b"user.k", b"v")
     os.symlink("f1", folder / "link")

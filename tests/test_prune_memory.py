@@ -82,13 +82,11 @@ def test_a_big_folder_is_walked_without_holding_it_decoded() -> None:
     repo = Repository.init(backend, b"pw", FAST_KDF)
     with repo.lock():
         data, _ = repo.save_blob(BlobType.DATA, b"x")
-        nodes = [Node(f"f{i:06d}".encode(), "file", size=1, content=[data]) for i in range(50_000)]
-        folder, _ = repo.save_blob(BlobType.TREE, encode_tree(nodes))
+        plaintext = encode_tree([Node(f"f{i:06d}".encode(), "file", size=1, content=[data]) for i in range(50_000)])
+        folder, _ = repo.save_blob(BlobType.TREE, plaintext)
         root, _ = repo.save_blob(BlobType.TREE, encode_tree([Node(b"big", "dir", subtree=folder)]))
         repo.flush()
         repo.save_snapshot(Snapshot("files", root, [b"/"], "h", "u"))
-    plaintext = encode_tree(nodes)
-    del nodes
     tracemalloc.start()
     try:
         decoded = decode_tree(plaintext, "tree")

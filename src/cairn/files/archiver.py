@@ -512,9 +512,8 @@ class _Archiver:
             # (the same rule that lets a whole unchanged folder keep its tree; filescache). A
             # plain file's entry is stored again as it is, others are checked.
             if item.kind == FILE and reusable_entry(item.entry):
-                parent = folder.parent
-                packed = parent.packed_entry(item.name, item.entry) if parent is not None else None
-                item.packed = packed if packed is not None else pack_entry(item.entry)
+                assert folder.parent is not None  # where the entry came from
+                item.packed = folder.parent.packed_entry(item.name, item.entry)
                 return
             try:
                 item.node = decode_entry(item.entry, f"the parent's entry {item.name!r}")

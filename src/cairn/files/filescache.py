@@ -49,8 +49,9 @@ written by this version, so packing the map again gives the same bytes); any oth
 as any tree entry is.
 
 Trees are read here with the bare MessagePack decoder (an entry at a time, to keep each one's
-bytes) and only the fields above are used, each type-checked at use: decoding every field of every entry with full validation (`decode_tree`)
-costs 5 µs per entry, which would be most of an unchanged re-backup.
+bytes) and only the fields above are used, each type-checked at use: decoding every field of
+every entry with full validation (`decode_tree`) costs 5 µs per entry, which would be most of
+an unchanged re-backup.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ import msgpack
 
 from cairn.errors import CairnError, NotFound
 from cairn.files.metadata import group_name, user_name
-from cairn.files.tree import DIR, FILE
+from cairn.files.tree import DIR, FILE, pack_entry
 from cairn.repo.repository import Repository
 
 Entry = dict[str, Any]
@@ -103,11 +104,12 @@ class ParentFolder:
             entry = self.fallback.get(name)
         return entry
 
-    def packed_entry(self, name: bytes, entry: Entry) -> bytes | None:
-        """`entry`'s bytes as the parent tree holds them, if it is the first source's entry
-        `name`: what packing it again would give when the tree was written by this version
-        (the condition for reusing entries at all, ParentTrees.shortcut), at no cost."""
-        return self.packed.get(name) if self.entries.get(name) is entry else None
+    def packed_entry(self, name: bytes, entry: Entry) -> bytes:
+        """`entry` (this folder's `name`) packed: the bytes the parent tree holds it in, when it
+        is the first source's, which is what packing it again gives when the tree was written
+        by this version (the condition for reusing entries at all, ParentTrees.shortcut)."""
+        packed = self.packed.get(name) if self.entries.get(name) is entry else None
+        return packed if packed is not None else pack_entry(entry)
 
     def subtrees(self, name: bytes) -> list[bytes]:
         """The tree ids the sources hold for a subfolder `name`, primary first."""
@@ -203,8 +205,8 @@ class ParentTrees:
         return ParentFolder(tree_id, entries, names, packed, fallback)
 
     def _load(self, tree_id: bytes) -> _Loaded:
-        """(id, (entries by name, names)), the second None (noted) when the tree cannot be
-        read: a damaged parent only means its files are read again."""
+        """(id, (entries by name, names, entries' bytes)), the second None (noted) when the
+        tree cannot be read: a damaged parent only means its files are read again."""
         try:
             try:
                 plaintext = self.repo.load_blob(tree_id)

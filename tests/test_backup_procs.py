@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,14 +129,15 @@ def test_the_workers_packed_entries_make_the_trees_the_walk_encodes(repo: Reposi
     assert folder_tree(repo, src, by_threads.snapshot_id.hex()) == folder_tree(repo, src, by_workers.snapshot_id.hex())
 
 
-@pytest.mark.parametrize("slots", ["per worker", "one"])
+@pytest.mark.parametrize("slots", ["per worker", "fewest"])
 def test_a_big_file_is_cut_through_the_shared_slots_where_a_stream_is_cut(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slots: str
 ) -> None:
     """The walk cuts a big file a slot at a time, carrying each slot's unfinished last chunk
     into the next: the blobs must be those of the repository's Chunker on the whole stream, or
-    the file would not deduplicate against the same bytes read another way. With one slot, the
-    carried bytes move within the slot they came from."""
+    the file would not deduplicate against the same bytes read another way. With the fewest
+    slots that work (one more than there are readers, each of which holds two while it carries
+    a chunk over), readers wait for slots to come back."""
     rng = random.Random(11)
     # random runs between zeros (cut at the largest size) and a tail that is no slot's multiple
     data = rng.randbytes(13 * MiB + 5) + bytes(9 * MiB) + rng.randbytes(17 * MiB + 12345)
@@ -143,13 +145,52 @@ def test_a_big_file_is_cut_through_the_shared_slots_where_a_stream_is_cut(
     src.mkdir()
     (src / "big.bin").write_bytes(data)
     monkeypatch.setattr(pipeline_procs, "START_FILES", 0)
-    if slots == "one":
-        monkeypatch.setattr(pipeline_procs, "SharedSlots", lambda count, size: SharedSlots(1, size))
+    if slots == "fewest":
+        fewest = pipeline_procs.BIG_READERS + 1
+        monkeypatch.setattr(pipeline_procs, "SharedSlots", lambda count, size: SharedSlots(fewest, size))
     pieces = pieces_sent(monkeypatch)
     result = backup(repo, BackupOptions([str(src)]))
     assert result.snapshot_id is not None
     assert len(pieces) >= len(data) // pipeline_procs.slot_bytes(repo.config.chunker.max_size)
     expected = {repo.blob_id(chunk) for chunk in Chunker(repo.config.chunker).chunks(io.BytesIO(data))}
+    monkeypatch.undo()
+    again = reopened(repo)
+    again.load_index()
+    assert {e.blob_id for e in again.index if e.blob_type == BlobType.DATA} == expected
+    assert restored(again, result.snapshot_id, src, tmp_path / "out") == []
+
+
+def test_big_files_are_cut_two_at_a_time_each_as_its_stream_is(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two big-file readers cut two files at once into the same shared slots (the fewest that
+    work, so that they wait for each other's): each file's blobs must be its stream's chunks,
+    and no reader may fill a slot whose carried-over chunk another has not moved out yet (the
+    restored bytes would be another file's)."""
+    rng = random.Random(23)
+    files = {f"big{i}.bin": rng.randbytes((9 + 4 * i) * MiB + 77 * i) for i in range(3)}
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    monkeypatch.setattr(pipeline_procs, "START_FILES", 0)
+    fewest = pipeline_procs.BIG_READERS + 1
+    monkeypatch.setattr(pipeline_procs, "SharedSlots", lambda count, size: SharedSlots(fewest, size))
+    both_in = threading.Barrier(2, timeout=20)  # broken, and the backup failed, if one waits alone
+    real_cut = pipeline_procs.ProcessPipeline._cut_in_slots
+    cuts_begun: list[str] = []
+
+    def met_cut(self: pipeline_procs.ProcessPipeline, rest: Any, head: bytes) -> Any:
+        cuts_begun.append(threading.current_thread().name)
+        if len(cuts_begun) <= 2:
+            both_in.wait()
+        return real_cut(self, rest, head)
+
+    monkeypatch.setattr(pipeline_procs.ProcessPipeline, "_cut_in_slots", met_cut)
+    result = backup(repo, BackupOptions([str(src)]))
+    assert result.snapshot_id is not None and len(set(cuts_begun[:2])) == 2
+    chunker = Chunker(repo.config.chunker)
+    expected = {repo.blob_id(chunk) for data in files.values() for chunk in chunker.chunks(io.BytesIO(data))}
     monkeypatch.undo()
     again = reopened(repo)
     again.load_index()

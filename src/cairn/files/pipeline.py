@@ -384,12 +384,15 @@ class FileReader:
 class Pipeline(FileReader):
     """Reads files in reader threads and stores their chunks in saver threads."""
 
+    big_readers = 1
+    """Big files read and cut at once (see the module docstring)."""
+
     def __init__(self, repo: Repository, dry_run: bool) -> None:
         super().__init__(repo.config.chunker)
         self.repo = repo
         self.dry_run = dry_run
         self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="cairn-read")
-        self._big = ThreadPoolExecutor(1, thread_name_prefix="cairn-read-big")
+        self._big = ThreadPoolExecutor(self.big_readers, thread_name_prefix="cairn-read-big")
         properties = repo.backend.properties
         self.savers = saver_count(properties.connections, is_remote(properties.location))
         self._savers = ThreadPoolExecutor(self.savers, thread_name_prefix="cairn-save")

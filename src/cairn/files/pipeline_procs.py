@@ -7,13 +7,14 @@ from one thread to another. Worker processes do the same work without waiting fo
 
 Shape: the walk (archiver) stays in this process and hands batches of files exactly as to the
 reader threads (`Pipeline.read_at`), except files too big to read whole (over twice the largest
-chunk): this process's big-file reader reads and cuts those (cutting is fast, and one worker
-would seal a whole file's chunks one after another on one core: CPU/wall 1.0 for a 1 GiB file).
-It reads them into memory shared with the workers (procs.SharedSlots, a slot of `slot_bytes` at
-a time), cuts each slot in place and sends a worker the slot's number and its chunks' offsets;
-the worker hashes and seals them from there as it does a batch's. Saver threads sharing this
-process's GIL did that before (CPU/wall 1.4), then pieces sent through the socket (two more
-copies of every byte: a 1 GiB random file took 1.35x as long). A batch or piece goes to the
+chunk): this process's big-file readers (BIG_READERS, a file each) read and cut those (cutting
+is fast, and one worker would seal a whole file's chunks one after another on one core: CPU/wall
+1.0 for a 1 GiB file). A reader reads its file into memory shared with the workers
+(procs.SharedSlots, a slot of `slot_bytes` at a time), cuts each slot in place and sends a
+worker the slot's number and its chunks' offsets; the worker hashes and seals them from
+there as it does a batch's. Saver threads sharing this process's GIL did that before (CPU/wall
+1.4), then pieces sent through the socket (two more copies of every byte: a 1 GiB random file
+took 1.35x as long). A batch or piece goes to the
 worker with the least work outstanding, with a copy of each folder's descriptor (SCM_RIGHTS),
 so a worker reaches files only relative to a folder the walk opened. A worker runs the threads'
 per-file code (`FileReader`: change detection, skip-and-list rules, chunking) and then, per
@@ -95,6 +96,14 @@ START_BYTES = 16 << 20
 """Until the walk has handed over this many files or bytes, they are read by this process's
 threads (`Pipeline`): for a backup that small, forking the workers and passing messages costs
 more than the second core saves, and each worker would leave a pack of its own."""
+
+
+BIG_READERS = 2
+"""Big files read and cut at once by this process, each in a thread of its own. Cutting is the
+one stage of a big file that cannot be split across processes (each cut point depends on the
+one before), and pyfastcdc lets go of the GIL while it cuts: with one reader, four 1 GiB random
+files kept the cores 17-19% idle, the workers waiting for slots; with two, 9-12%
+(docs/PERFORMANCE.md). One big file alone still goes at one reader's pace."""
 
 
 def worker_processes() -> int:
@@ -295,6 +304,8 @@ class ProcessPipeline(Pipeline):
     """`Pipeline`'s interface (read_at, submit, result, store, flush, close) over worker
     processes; trees are still stored by `store`, in this process."""
 
+    big_readers = BIG_READERS
+
     def __init__(self, repo: Repository, processes: int) -> None:
         super().__init__(repo, dry_run=False)
         self.crash: BaseException | None = None
@@ -305,7 +316,6 @@ class ProcessPipeline(Pipeline):
         self.processes = processes
         self.handed = (0, 0)  # files and bytes handed to the threads, until the workers start
         self.shared: SharedSlots | None = None  # made with the workers
-        self.shared_lock = threading.Lock()  # one file at a time is cut into the shared slots
         # Every file a worker reads whole shares a batch: a batch costs two round trips (the
         # claim, the results), which took longer than reading a medium file alone.
         self.batched_up_to = self.whole
@@ -313,9 +323,12 @@ class ProcessPipeline(Pipeline):
     def _start(self) -> None:
         """Fork the workers, once the walk has handed over START_FILES or START_BYTES: an
         unchanged or small backup then forks none."""
-        # Before the fork, so that the workers share it: as many slots as workers, one of them
-        # filled by the big-file reader while the others are sealed (more were not faster).
-        self.shared = SharedSlots(self.processes, slot_bytes(self.params.max_size))
+        # Before the fork, so that the workers share it: a slot per worker and one more per
+        # big-file reader beyond the first: each reader fills one while the others are sealed
+        # (more were not faster). Never fewer than one more than the readers: each holds two
+        # while it carries a chunk over from one to the next.
+        count = max(self.processes + BIG_READERS - 1, BIG_READERS + 1)
+        self.shared = SharedSlots(count, slot_bytes(self.params.max_size))
         # On a failure here fork_children has ended the children it made; the walk closes us.
         self.procs = [_Proc(pid, sock) for pid, sock in fork_children(self.processes, self._serve)]
         for proc in self.procs:
@@ -388,7 +401,7 @@ class ProcessPipeline(Pipeline):
         if not self.procs:
             return super()._chunked(rest, head)
         assert self.shared is not None
-        with self.shared_lock, self.shared.filling():
+        with self.shared.filling():
             return self._cut_in_slots(rest, head)
 
     def _cut_in_slots(self, rest: RawReader, head: bytes) -> tuple[list[Future[bytes]], int]:
@@ -402,6 +415,7 @@ class ProcessPipeline(Pipeline):
         futures: list[Future[bytes]] = []
         size = 0
         slot = shared.take()
+        taken = -1  # the slot sent last, held until its tail is moved out
         view = shared.view(slot)
         view[:len(head)] = head
         filled = len(head)
@@ -418,17 +432,23 @@ class ProcessPipeline(Pipeline):
                 piece.size = filled if end else tail[0]
                 futures += piece.chunks
                 size += piece.size
-                taken, slot = slot, -1  # the piece gives it back once the worker is done with it
-                self._send(piece, ("slot", (taken, cuts)), [])
+                sent, slot = slot, -1  # the piece gives it back once the worker is done with it
+                if not end:  # and this reader once the tail is moved: no other may fill it first
+                    shared.hold(sent)
+                    taken = sent
+                self._send(piece, ("slot", (sent, cuts)), [])
                 if end:
                     return futures, size
-                slot = shared.take()  # perhaps `taken` again: the tail is moved, not copied over
+                slot = shared.take()
                 shared.move(slot, taken, *tail)
+                shared.give(taken)
+                taken = -1
                 view = shared.view(slot)
                 filled = tail[1]
         finally:
-            if slot >= 0:
-                shared.give(slot)
+            for held in (slot, taken):
+                if held >= 0:
+                    shared.give(held)
 
     def _fill(self, rest: RawReader, view: memoryview, filled: int) -> tuple[int, bool]:
         """Read into `view` after its first `filled` bytes until it is full or the stream ends:

@@ -54,7 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from cairn.ops.image import DEFAULT_CHUNK, ImageOptions, image  # noqa: E402
+from cairn.ops.image import ImageOptions, image  # noqa: E402
 from cairn.ops.image_restore import ImageRestoreOptions, image_restore  # noqa: E402
 from cairn.repo.keys import KdfParams  # noqa: E402
 from cairn.repo.repository import Repository  # noqa: E402

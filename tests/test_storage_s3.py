@@ -128,7 +128,7 @@ def test_credentials_from_a_profile(aws: None, seaweedfs: SeaweedFS, tmp_path: P
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     credentials = tmp_path / "credentials"
-    credentials.write_text(f"[backup]\naws_access_key_id = cairntest\naws_secret_access_key = cairnsecret\n")
+    credentials.write_text("[backup]\naws_access_key_id = cairntest\naws_secret_access_key = cairnsecret\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     monkeypatch.setenv("AWS_PROFILE", "backup")
     backend = s3_backend(seaweedfs.endpoint)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cairn.errors import NotFound, UsageError
-from cairn.repo import encoding
 from cairn.repo import index as index_mod
 from cairn.repo import keys as keys_mod
 from cairn.repo import lock as lock_mod

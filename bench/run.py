@@ -175,6 +175,7 @@ def _file_scenarios(
 
 def run_images(size_mib: int, runs: int) -> dict[str, list[Result]]:
     import image_bench
+    from cairn.ops.image import DEFAULT_CHUNK
 
     results: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="cairn-run-image-", dir="/var/tmp") as tmp:
@@ -188,7 +189,7 @@ def run_images(size_mib: int, runs: int) -> dict[str, list[Result]]:
                 print(f"image: {name}", file=sys.stderr)
                 results.setdefault(name, []).append(bench(work, first, second))
             print("image: cairn", file=sys.stderr)
-            results.setdefault("cairn", []).append(image_bench.bench_cairn(work, first, second, image_bench.DEFAULT_CHUNK, restore_runs=1))
+            results.setdefault("cairn", []).append(image_bench.bench_cairn(work, first, second, DEFAULT_CHUNK, restore_runs=1))
     return results
 
 

@@ -38,7 +38,7 @@ import zstandard  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from pyfastcdc import FastCDC  # noqa: E402
 
-from cairn.files.pipeline import _buffer_cutter  # noqa: E402
+from cairn.files.chunker import fastcdc  # noqa: E402
 from cairn.repo.blob import BlobType, blob_parts, seal_blob_into  # noqa: E402
 from cairn.repo.config import ChunkerParams  # noqa: E402
 from cairn.repo.crypto import OVERHEAD, Sealer  # noqa: E402
@@ -49,7 +49,7 @@ MB = 1e6
 
 def cutter() -> FastCDC:
     """The cutter a backup cuts big files' slots with, with a new repository's parameters."""
-    return _buffer_cutter(ChunkerParams())
+    return fastcdc(ChunkerParams())
 
 
 def libraries(data: bytes) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import FAST_KDF
 from cairn.files.chunker import Chunker
-from cairn.files.pipeline import Pipeline, _buffer_cutter
+from cairn.files.chunker import fastcdc
+from cairn.files.pipeline import Pipeline
 from cairn.repo.config import ChunkerParams
 from cairn.repo.repository import Repository
 from cairn.storage.local import LocalBackend
@@ -25,7 +26,7 @@ PARAMS = ChunkerParams(min_size=16 * KiB, avg_size=64 * KiB, max_size=256 * KiB,
 def test_the_buffer_cutter_cuts_where_the_chunker_does(size: int) -> None:
     data = random.Random(size).randbytes(size)
     streamed = list(Chunker(PARAMS).chunks(io.BytesIO(data)))
-    in_place = [bytes(c.data) for c in _buffer_cutter(PARAMS).cut_buf(data)]
+    in_place = [bytes(c.data) for c in fastcdc(PARAMS).cut_buf(data)]
     assert in_place == streamed
 
 

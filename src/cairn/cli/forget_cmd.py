@@ -67,7 +67,7 @@ def policy_options(f: Any) -> Any:
 
 
 def _policy(params: dict[str, Any]) -> Policy:
-    within = {f"within_{n}": params[f"keep_within_{n}"] or Duration() for n in _WITHIN}
+    within: dict[str, Any] = {f"within_{n}": params[f"keep_within_{n}"] or Duration() for n in _WITHIN}
     tags = tuple(frozenset(t for t in spec.split(",") if t) for spec in params["keep_tags"])
     return Policy(
         **{n: params[f"keep_{n}"] for n in _BUCKETS}, within=params["keep_within"] or Duration(),

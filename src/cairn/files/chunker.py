@@ -11,7 +11,7 @@ would round any other value).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Literal, Protocol, cast
 
 from pyfastcdc import FastCDC
 
@@ -39,20 +39,22 @@ class Replay:
         return self._rest.readinto(buffer) or 0
 
 
+def fastcdc(params: ChunkerParams) -> FastCDC:
+    """pyfastcdc's cutter with exactly the repository's parameters: `Chunker` cuts streams
+    with it, a backup's big-file readers cut buffers in place (tests/test_backup_pipeline.py
+    checks both cut alike)."""
+    try:
+        return FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size,
+                       normalized_chunking=cast(Literal[0, 1, 2, 3], params.normalization), seed=params.seed)
+    except ValueError as exc:
+        raise DamagedObject(f"the repository's chunker parameters are unusable: {exc}") from None
+
+
 class Chunker:
     """Splits streams into chunks with one repository's parameters; reusable, thread-unsafe."""
 
     def __init__(self, params: ChunkerParams) -> None:
-        try:
-            self._cdc = FastCDC(
-                params.avg_size,
-                min_size=params.min_size,
-                max_size=params.max_size,
-                normalized_chunking=params.normalization,
-                seed=params.seed,
-            )
-        except ValueError as exc:
-            raise DamagedObject(f"the repository's chunker parameters are unusable: {exc}") from None
+        self._cdc = fastcdc(params)
         self.min_size = params.min_size
         self.max_size = params.max_size
 

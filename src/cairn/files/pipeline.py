@@ -61,11 +61,11 @@ import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any
 
 from pyfastcdc import FastCDC
 
-from cairn.files.chunker import Chunker, RawReader, Replay
+from cairn.files.chunker import Chunker, RawReader, Replay, fastcdc
 from cairn.files.metadata import capture
 from cairn.files.scanner import FILE_FLAGS, open_at, reason
 from cairn.files.tree import FILE, Node, entry_map, pack_entry
@@ -316,7 +316,7 @@ class FileReader:
         """This thread's cutter of buffers (one per thread: FastCDC objects are not shared)."""
         cutter = getattr(self._local, "cutter", None)
         if cutter is None:
-            cutter = self._local.cutter = _buffer_cutter(self.params)
+            cutter = self._local.cutter = fastcdc(self.params)
         return cutter
 
     def _read_head(self, fd: int, size_hint: int) -> bytes:
@@ -540,11 +540,3 @@ def _rewind(fd: int) -> None:
         os.lseek(fd, 0, os.SEEK_SET)
     except OSError as exc:
         raise _ReadError(exc) from None
-
-
-def _buffer_cutter(params: ChunkerParams) -> FastCDC:
-    """FastCDC with exactly the parameters `Chunker` uses, for cutting a buffer in place
-    (`Chunker` only cuts streams); tests/test_backup_pipeline.py checks both cut alike."""
-    normalization = cast(Literal[0, 1, 2, 3], params.normalization)
-    return FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size,
-                   normalized_chunking=normalization, seed=params.seed)

@@ -227,7 +227,8 @@ class Restorer:
         """Plan the blobs of the files the walk is about to start in this folder: this one and
         up to LOOKAHEAD - 1 after it (those the selection keeps and that are not links to a
         file already started; a guess that is wrong only costs a read)."""
-        sel, ids = self.settings.selection, []
+        assert isinstance(self.files, FileWriter), "only the threads' writer plans ahead"
+        sel, ids = self.settings.selection, list[bytes]()
         at = frame.index - 1
         end = min(len(frame.entries), at + LOOKAHEAD)
         while at < end and len(ids) < PLAN_BLOBS:

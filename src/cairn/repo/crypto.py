@@ -57,7 +57,7 @@ class Sealer:
         self._key = key
         self._aead = AESGCM(key)
 
-    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+    def seal(self, plaintext: bytes | bytearray | memoryview, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 

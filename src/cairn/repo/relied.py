@@ -63,9 +63,9 @@ class ReliedPacks:
         if not pruned:
             return 0
         live: set[bytes] = set()
-        for index_id, packs in self.known.items():
+        for index_id, named in self.known.items():
             if index_id in listed and index_id not in self.superseded:
-                live.update(packs)
+                live.update(named)
         needed = sorted(self.relied - live)
         if not needed:
             return 0

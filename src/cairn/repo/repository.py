@@ -221,8 +221,8 @@ class Repository:
             contents[bytes.fromhex(index_id)] = packs
             superseded.update(supersedes)
             self.relied.note_index(bytes.fromhex(index_id), (p for p, _ in packs), supersedes)
-        for index_id, packs in contents.items():
-            if index_id not in superseded:
+        for object_id, packs in contents.items():
+            if object_id not in superseded:
                 for pack_id, records in packs:
                     self.index.add_records(pack_id, records)
         self.index.compact()

@@ -61,6 +61,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cairn.storage.base import Backend, BackendProperties, ObjectInfo, check_name, check_range
 from cairn.storage.local import TEMP_PREFIX, replace_file
@@ -207,7 +208,7 @@ class CacheBackend:
         self._generation = 0
         self._served: set[str] = set()
         """Names whose latest load came from the cache (what `drop_cached` may blame)."""
-        self._report: weakref.finalize[..., None] | None = None
+        self._report: weakref.finalize[..., Any] | None = None
 
     @property
     def properties(self) -> BackendProperties:

@@ -16,6 +16,7 @@ on a write is `StorageFull` when the server's ``statvfs@openssh.com`` shows the 
 
 from __future__ import annotations
 
+import builtins
 import errno
 import re
 import secrets
@@ -260,7 +261,7 @@ class SftpBackend:
             found = self._walk(sftp, "/".join([self._base, *segments]) or "/", folder_part, first, top=True)
         yield from found
 
-    def _walk(self, sftp: paramiko.SFTPClient, folder: str, name_prefix: str, first: str, top: bool = False) -> list[ObjectInfo]:
+    def _walk(self, sftp: paramiko.SFTPClient, folder: str, name_prefix: str, first: str, top: bool = False) -> builtins.list[ObjectInfo]:
         try:
             entries = sftp.listdir_attr(folder)
         except FileNotFoundError:

@@ -15,6 +15,7 @@ after a real crash. The next "process" opens ``faulty.inner`` to see what surviv
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 
 import threading
@@ -164,7 +165,7 @@ class FaultyBackend:
 
     # -- machinery -------------------------------------------------------------------------
 
-    def _enter(self, method: str, name: str) -> list[_Rule]:
+    def _enter(self, method: str, name: str) -> builtins.list[_Rule]:
         """Count the call and raise any fault that strikes before the inner backend runs."""
         with self._lock:
             self.calls[method] += 1
@@ -184,7 +185,7 @@ class FaultyBackend:
                 raise error
         return rules
 
-    def _leave(self, rules: list[_Rule]) -> None:
+    def _leave(self, rules: builtins.list[_Rule]) -> None:
         if any(rule.crash_after for rule in rules):
             with self._lock:
                 self.crashed = True

@@ -20,7 +20,8 @@ The ceiling goal (--ceiling): four 1 GiB files of random bytes and a repository,
 /dev/shm (the page cache and tmpfs: no disk in the measure); each run measures the pipeline
 ceiling (bench/ceiling.py's `libraries`, one process per core over 512 MiB each in memory),
 then times a first backup of the four files by cairn, and reports its MB/s as a share of that
-ceiling, taken seconds apart (issue 7: at least 60%), with its CPU/wall.
+ceiling, taken seconds apart (issue 7: at least 60%), with its CPU/wall. With --baseline, the
+other cairn's backup too, each after a ceiling of its own, the two in turn first.
 
 The table shows, per scenario and metric, the median of each tool and cairn/peer ratios (below
 1: cairn is better). On a shared machine absolute seconds mean little; ratios are the result.
@@ -196,12 +197,14 @@ def run_images(size_mib: int, runs: int) -> dict[str, list[Result]]:
 CEILING_FILES, CEILING_MIB = 4, 1024
 
 
-def run_ceiling(runs: int) -> list[Result]:
-    """The share of the measured pipeline ceiling a first backup of big random files reaches."""
+def run_ceiling(runs: int, baseline: Path | None = None) -> dict[str, list[Result]]:
+    """The share of the measured pipeline ceiling a first backup of big random files reaches;
+    with `baseline`, that cairn's too, right after (or, every other run, before) this one's."""
     import ceiling
 
     procs = os.cpu_count() or 2
-    results = []
+    tools = {"cairn": HERE.parent / "src", **({BASELINE: baseline} if baseline else {})}
+    results: dict[str, list[Result]] = {tool: [] for tool in tools}
     with tempfile.TemporaryDirectory(prefix="cairn-run-ceiling-", dir="/dev/shm") as tmp:
         work = Path(tmp)
         data = work / "data"
@@ -212,22 +215,24 @@ def run_ceiling(runs: int) -> list[Result]:
                     out.write(os.urandom(16 << 20))
         size = CEILING_FILES * (CEILING_MIB << 20)
         sample = (data / "random0").read_bytes()[:512 << 20]
-        env = dict(os.environ, CAIRN_PASSWORD=PASSWORD, XDG_CACHE_HOME=str(work / "cache"), HOME=str(work),
-                   PYTHONPATH=str(HERE.parent / "src"))
+        repo = work / "repo"
         for run in range(runs):
             print(f"ceiling run {run + 1}/{runs}", file=sys.stderr)
-            repo = work / "repo"
-            shutil.rmtree(repo, ignore_errors=True)
-            shutil.rmtree(work / "cache", ignore_errors=True)
-            limit = procs * len(sample) / ceiling.timed(ceiling.libraries, sample, procs) / 1e6
-            cmds = tool_commands("cairn", repo, work / "cache", data, work)
-            subprocess.run(cmds["init"], env=env, check=True, capture_output=True)
-            backup = timed(cmds["backup"], env)
-            backup["mb_per_s"] = size / 1e6 / backup["wall"]
-            backup["ceiling_mb_per_s"] = limit
-            backup["percent"] = 100 * backup["mb_per_s"] / limit
-            backup["cpu_per_wall"] = backup["cpu"] / backup["wall"]
-            results.append(backup)
+            order = list(tools)[::-1 if run % 2 else 1]
+            for tool in order:
+                shutil.rmtree(repo, ignore_errors=True)
+                shutil.rmtree(work / "cache", ignore_errors=True)
+                limit = procs * len(sample) / ceiling.timed(ceiling.libraries, sample, procs) / 1e6
+                env = dict(os.environ, CAIRN_PASSWORD=PASSWORD, XDG_CACHE_HOME=str(work / "cache"), HOME=str(work),
+                           PYTHONPATH=str(tools[tool]))
+                cmds = tool_commands("cairn", repo, work / "cache", data, work)
+                subprocess.run(cmds["init"], env=env, check=True, capture_output=True)
+                backup = timed(cmds["backup"], env)
+                backup["mb_per_s"] = size / 1e6 / backup["wall"]
+                backup["ceiling_mb_per_s"] = limit
+                backup["percent"] = 100 * backup["mb_per_s"] / limit
+                backup["cpu_per_wall"] = backup["cpu"] / backup["wall"]
+                results[tool].append(backup)
     return results
 
 
@@ -339,13 +344,14 @@ def main() -> None:
         report["images"] = images
         report["tables"]["images"] = image_table(images)
     if args.ceiling:
-        runs = run_ceiling(args.runs)
+        runs = run_ceiling(args.runs, args.baseline)
         report["ceiling"] = runs
         report["tables"]["ceiling"] = table(
             f"ceiling: first backup of {CEILING_FILES} x {CEILING_MIB} MiB random, repository in /dev/shm",
-            {"cairn": {"first": medians(runs)}}, ["first"],
+            {tool: {"first": medians(r)} for tool, r in runs.items()}, ["first"],
             ("wall", "cpu", "cpu_per_wall", "rss_mib", "mb_per_s", "ceiling_mb_per_s", "percent"))
-        print("per run, % of the ceiling: " + ", ".join(f"{r['percent']:.0f}" for r in runs))
+        for tool, r in runs.items():
+            print(f"{tool}, per run, % of the ceiling: " + ", ".join(f"{one['percent']:.0f}" for one in r))
     report["load_end"] = loadavg()
     print(f"\nload average: start {report['load_start']}, end {report['load_end']}")
     if args.json:

@@ -14,12 +14,12 @@ is fast, and one worker would seal a whole file's chunks one after another on on
 worker the slot's number and its chunks' offsets; the worker hashes and seals them from
 there as it does a batch's. Saver threads sharing this process's GIL did that before (CPU/wall
 1.4), then pieces sent through the socket (two more copies of every byte: a 1 GiB random file
-took 1.35x as long). A batch or piece goes to the
-worker with the least work outstanding, with a copy of each folder's descriptor (SCM_RIGHTS),
-so a worker reaches files only relative to a folder the walk opened. A worker runs the threads'
-per-file code (`FileReader`: change detection, skip-and-list rules, chunking) and then, per
-batch or piece (or every QUEUE_BYTES of a medium file), asks this process which of the chunks
-it hashed are new (`Repository.claim_blobs`: this process alone decides what the repository
+took 1.35x as long). A batch or piece goes to the worker with the least work outstanding,
+with a copy of each folder's descriptor (SCM_RIGHTS), so a worker reaches files only relative
+to a folder the walk opened. A worker runs the threads' per-file code (`FileReader`: change
+detection, skip-and-list rules, chunking) and then, per batch or piece (or every QUEUE_BYTES
+of a medium file), asks this process which of the chunks it hashed are new
+(`Repository.claim_blobs`: this process alone decides what the repository
 has, so a blob two workers meet is stored once, and packs of other snapshots that the backup
 relies on are noted as with threads). It seals the new ones into a pack of its own, written
 into a temporary file in the repository as it fills (`Repository.streamed_pack`: a worker held
@@ -102,8 +102,8 @@ BIG_READERS = 2
 """Big files read and cut at once by this process, each in a thread of its own. Cutting is the
 one stage of a big file that cannot be split across processes (each cut point depends on the
 one before), and pyfastcdc lets go of the GIL while it cuts: with one reader, four 1 GiB random
-files kept the cores 17-19% idle, the workers waiting for slots; with two, 9-12%
-(docs/PERFORMANCE.md). One big file alone still goes at one reader's pace."""
+files left the cores 17-21% idle, the workers waiting for slots; with two, 9-12%, and three
+were slower (docs/PERFORMANCE.md). One big file alone still goes at one reader's pace."""
 
 
 def worker_processes() -> int:

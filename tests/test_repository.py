@@ -34,6 +34,7 @@ from cairn.repo import blob as blob_mod
 from cairn.repo import crypto as crypto_mod
 from cairn.repo import index as index_mod
 from cairn.repo import lock as lock_mod
+from cairn.repo import repository as repository_mod
 from cairn.repo import snapshot as snapshot_mod
 from cairn.repo.blob import ZSTD, BlobType, blob_aad, open_blob
 from cairn.repo.crypto import OVERHEAD
@@ -169,6 +170,34 @@ def test_blobs_a_backup_worker_seals_in_two_parts_open_as_any(size: int) -> None
     reopened = Repository.open(repo.backend, b"pw")
     assert [reopened.load_blob(i) for i in ids] == [random_data, text]
     assert repo.lookup(ids[0]).length == OVERHEAD + 1 + size and repo.lookup(ids[1]).length < size * 0.6
+
+
+def test_index_objects_are_written_once_their_packs_hold_enough_blobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index object is built whole in memory: a backup of many small files names its packs
+    in one once they hold INDEX_MAX_BLOBS blobs, not only every INDEX_EVERY_PACKS packs (the
+    walk's peak of memory was the one index object of 100,000 blobs at its end)."""
+    monkeypatch.setattr(repository_mod, "INDEX_MAX_BLOBS", 40)
+    repo = init()
+    written: list[bytes] = []
+    with repo.lock():
+        for pack in range(10):
+            builder = repo.streamed_pack()
+            for n in range(15):
+                data = f"blob {n} of pack {pack}".encode()
+                blob_id = repo.blob_id(data)
+                repo.seal_into(builder, BlobType.DATA, blob_id, data)
+                written.append(blob_id)
+            repo.store_pack(builder)
+            repo.add_pack(builder.pack_id, builder.entries)
+        repo.flush()
+    sizes = []
+    for obj in repo.backend.list("index/"):
+        index_id = obj.name.rsplit("/", 1)[-1]
+        packs, _ = index_mod.decode_index(repo.load_object("index", index_id), index_id)
+        sizes.append(sum(len(records) // index_mod.RECORD.size for _, records in packs))
+    assert sorted(sizes) == [15, 45, 45, 45]  # three packs reach 40 blobs; the last at the flush
+    reopened = Repository.open(repo.backend, b"pw")
+    assert all(reopened.has_blob(blob_id) for blob_id in written)
 
 
 def test_a_compressible_blob_round_trips_and_is_stored_smaller() -> None:

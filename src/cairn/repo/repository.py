@@ -35,6 +35,12 @@ from cairn.storage.local import LocalBackend
 # (one header read each), not data uploaded twice; few index objects keep opening a repository
 # cheap on object storage (each is one more request for every reader).
 INDEX_EVERY_PACKS = 64
+INDEX_MAX_BLOBS = 32768
+"""Packs are named in an index object once INDEX_EVERY_PACKS of them wait, or sooner once they
+hold this many blobs: an index object is encoded, compressed and sealed in memory (three copies
+of 45 bytes a blob), and a first backup of 100,000 small files (`small`) named all its blobs in
+one at its end, the walk's peak of memory (102 MiB; 90-94 with this cap, in 3 objects; a cap of
+16,384 was no lower). restic caps its index files at 50,000 blobs."""
 
 # The objects a local cache may keep: written once, never modified (docs/FORMAT.md §12), small,
 # and read whole by most commands. Config and keys are read before the id is known, locks are
@@ -66,6 +72,7 @@ class Repository:
         # object will hold them: 45 bytes a blob (the entries were 330 as objects, 32 MiB of
         # the walk's 128 in a first backup of 100,000 small files).
         self._unsaved: list[tuple[bytes, bytes]] = []
+        self._unsaved_blobs = 0  # in `_unsaved`
         self.locks = lock_mod.LockManager(self.store_object, self.load_object, backend)
         self.relied = ReliedPacks()
         """Packs this writer uses, kept indexed before its snapshot (docs/FORMAT.md §12)."""
@@ -322,7 +329,7 @@ class Repository:
 
     def add_pack(self, pack_id: bytes, entries: list[PackEntry]) -> None:
         """Index a stored pack: its blobs are no longer in flight, and an index object names it
-        once INDEX_EVERY_PACKS packs wait (or at `flush`)."""
+        once INDEX_EVERY_PACKS packs or INDEX_MAX_BLOBS blobs wait (or at `flush`)."""
         self.relied.rely(pack_id)
         records = index_mod.pack_records(entries)
         with self._mutex:
@@ -330,14 +337,15 @@ class Repository:
                 self.index.add(pack_id, entry)
                 self._in_flight.discard(entry.blob_id)
             self._unsaved.append((pack_id, records))
-            write_index = len(self._unsaved) >= INDEX_EVERY_PACKS
+            self._unsaved_blobs += len(entries)
+            write_index = len(self._unsaved) >= INDEX_EVERY_PACKS or self._unsaved_blobs >= INDEX_MAX_BLOBS
         self._tell_listener()
         if write_index:
             self._write_index()
 
     def _write_index(self) -> None:
         with self._mutex:
-            unsaved, self._unsaved = self._unsaved, []
+            unsaved, self._unsaved, self._unsaved_blobs = self._unsaved, [], 0
         if unsaved:
             self._store_index(unsaved)
             self._tell_listener()

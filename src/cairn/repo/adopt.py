@@ -1,10 +1,10 @@
 """Adopting the packs of an interrupted writer, so the next run does not upload them again.
 
 A writer names its packs in index objects every INDEX_EVERY_PACKS packs (or INDEX_MAX_BLOBS
-blobs) and at each checkpoint; a kill -9 between two such writes leaves packs in storage that no index names.
-They are garbage to prune (its "leftover packs"), and the proof that prune never deletes what a
-snapshot needs assumes nobody deduplicates against garbage. A writer may still adopt them, by
-rule W4 of docs/FORMAT.md §12, which this module follows step by step:
+blobs) and at each checkpoint; a kill -9 between two such writes leaves packs in storage that
+no index names. They are garbage to prune (its "leftover packs"), and the proof that prune
+never deletes what a snapshot needs assumes nobody deduplicates against garbage. A writer may
+still adopt them, by rule W4 of docs/FORMAT.md §12, which this module follows step by step:
 
 1. its own lock exists (the caller holds it);
 2. it lists `locks/` and finds no maintenance lock (prune, repair) but released ones and those

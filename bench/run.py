@@ -137,6 +137,14 @@ def _workspace(tool: str, source: Path, work: Path, count: int, size: int,
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _env(tool: str, cache: Path, work: Path, baseline: Path | None) -> dict[str, str]:
+    """A tool's environment: passwords, its cache and HOME, and which cairn runs (`baseline`'s
+    for BASELINE)."""
+    return dict(os.environ, CAIRN_PASSWORD=PASSWORD, RESTIC_PASSWORD=PASSWORD, BORG_PASSPHRASE=PASSWORD,
+                BORG_BASE_DIR=str(cache), XDG_CACHE_HOME=str(cache), HOME=str(work),
+                PYTHONPATH=str(baseline if tool == BASELINE and baseline else HERE.parent / "src"))
+
+
 def _file_scenarios(
     tool: str, fresh: Path, data: Path, repo: Path, cache: Path, work: Path, count: int, size: int, baseline: Path | None
 ) -> Generator[tuple[str, Result], None, None]:
@@ -144,9 +152,7 @@ def _file_scenarios(
     targets = {name: fresh / name for name in ("restore", "restore_one")}
     for t in targets.values():
         t.mkdir()
-    env = dict(os.environ, CAIRN_PASSWORD=PASSWORD, RESTIC_PASSWORD=PASSWORD, BORG_PASSPHRASE=PASSWORD,
-               BORG_BASE_DIR=str(cache), XDG_CACHE_HOME=str(cache), HOME=str(work),
-               PYTHONPATH=str(baseline if tool == BASELINE and baseline else HERE.parent / "src"))
+    env = _env(tool, cache, work, baseline)
     kind = "cairn" if tool == BASELINE else tool
     cmds = tool_commands(kind, repo, cache, data, targets["restore"])
     extra = extra_commands(kind, repo, cache, largest_file(data), targets["restore_one"])
@@ -204,7 +210,7 @@ def run_ceiling(runs: int, baseline: Path | None = None) -> dict[str, list[Resul
     import ceiling
 
     procs = os.cpu_count() or 2
-    tools = {"cairn": HERE.parent / "src", **({BASELINE: baseline} if baseline else {})}
+    tools = ["cairn"] + ([BASELINE] if baseline else [])
     results: dict[str, list[Result]] = {tool: [] for tool in tools}
     with tempfile.TemporaryDirectory(prefix="cairn-run-ceiling-", dir="/dev/shm") as tmp:
         work = Path(tmp)
@@ -224,11 +230,10 @@ def run_ceiling(runs: int, baseline: Path | None = None) -> dict[str, list[Resul
         for run in range(runs):
             print(f"ceiling run {run + 1}/{runs}", file=sys.stderr)
             before = measured_ceiling()
-            for tool in list(tools)[::-1 if run % 2 else 1]:
+            for tool in tools[::-1 if run % 2 else 1]:
                 shutil.rmtree(repo, ignore_errors=True)
                 shutil.rmtree(work / "cache", ignore_errors=True)
-                env = dict(os.environ, CAIRN_PASSWORD=PASSWORD, XDG_CACHE_HOME=str(work / "cache"), HOME=str(work),
-                           PYTHONPATH=str(tools[tool]))
+                env = _env(tool, work / "cache", work, baseline)
                 cmds = tool_commands("cairn", repo, work / "cache", data, work)
                 subprocess.run(cmds["init"], env=env, check=True, capture_output=True)
                 backup = timed(cmds["backup"], env)

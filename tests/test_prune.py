@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORD, CliRun
+from conftest import FAST_KDF, PASSWORD, CliRun
+from cairn.errors import DamagedObject
 from cairn.ops.check import AWAITING_DELETION, CheckOptions, check
 from cairn.ops.prune import PruneOptions, prune
 from cairn.policy.repack import Limit
+from cairn.repo import encoding
 from cairn.repo import lock as lock_mod
 from cairn.repo.blob import BlobType
 from cairn.repo.repository import Repository
+from cairn.repo.snapshot import Snapshot
 from cairn.storage.local import LocalBackend
+from cairn.testing.memory import MemoryBackend
 
 
 def open_repo(path: Path) -> Repository:
@@ -123,8 +127,6 @@ def test_partly_used_packs_are_repacked_only_when_worth_it(cli: CliRun, tmp_path
     """Small packs (64 KiB) so that files share packs; many small files, half forgotten."""
     repo_dir = tmp_path / "repo"
     monkeypatch.setenv("CAIRN_PASSWORD", PASSWORD)
-    from conftest import FAST_KDF
-
     Repository.init(LocalBackend(repo_dir), PASSWORD.encode(), FAST_KDF, pack_size=64 * 1024)
     history = History(cli, repo_dir, tmp_path, seed=2)
     for i in range(40):
@@ -258,9 +260,6 @@ def test_image_snapshots_keep_their_descriptions_pages_and_data(tmp_path: Path) 
     """An image's blobs are reached through its description and pages (image.pages)."""
     from cairn.image import format as disk_format
     from cairn.image.pages import DATA, ZERO, PageBuilder
-    from cairn.repo.snapshot import Snapshot
-    from cairn.testing.memory import MemoryBackend
-    from conftest import FAST_KDF
 
     repo = Repository.init(MemoryBackend(), b"pw", FAST_KDF, pack_size=300_000)
     chunk = 256 * 1024
@@ -293,12 +292,6 @@ def test_a_tree_damaged_past_its_first_entries_stops_prune_before_it_deletes() -
     """Prune's walk reads a tree entry by entry (files/tree.iter_tree): an entry found damaged
     after others were already marked still fails the whole prune, and nothing is deleted, not
     even a pack no snapshot could have needed."""
-    from cairn.errors import DamagedObject
-    from cairn.repo import encoding
-    from cairn.repo.snapshot import Snapshot
-    from cairn.testing.memory import MemoryBackend
-    from conftest import FAST_KDF
-
     repo = Repository.init(MemoryBackend(), b"pw", FAST_KDF, pack_size=1000)
     with repo.lock():
         repo.save_blob(BlobType.DATA, random.Random(1).randbytes(2000))  # in no snapshot

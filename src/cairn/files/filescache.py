@@ -75,6 +75,9 @@ _Tree = tuple[dict[bytes, Entry], list[bytes], dict[bytes, bytes]]
 _Loaded = tuple[bytes, "_Tree | None"]
 ID_SIZE = 32
 PREFETCH = 16
+UNUSABLE_TREE = (CairnError, ValueError, TypeError, KeyError, msgpack.UnpackException)
+"""What reading a damaged parent tree may raise (`_read_tree` checks nothing itself): caught,
+its folder's files are read again."""
 
 
 class ParentFolder:
@@ -215,7 +218,7 @@ class ParentTrees:
                 # takes no lock); a miss during a segment merge is not a missing tree.
                 plaintext = self.repo.load_blob(tree_id)
             return tree_id, _read_tree(plaintext)
-        except (CairnError, ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        except UNUSABLE_TREE as exc:
             if len(self.problems) < 10:
                 self.problems.append(f"parent tree {tree_id.hex()[:12]} unusable ({exc}); its files are read again")
             return tree_id, None

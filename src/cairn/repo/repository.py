@@ -72,7 +72,6 @@ class Repository:
         # object will hold them: 45 bytes a blob (the entries were 330 as objects, 32 MiB of
         # the walk's 128 in a first backup of 100,000 small files).
         self._unsaved: list[tuple[bytes, bytes]] = []
-        self._unsaved_blobs = 0  # in `_unsaved`
         self.locks = lock_mod.LockManager(self.store_object, self.load_object, backend)
         self.relied = ReliedPacks()
         """Packs this writer uses, kept indexed before its snapshot (docs/FORMAT.md §12)."""
@@ -337,15 +336,15 @@ class Repository:
                 self.index.add(pack_id, entry)
                 self._in_flight.discard(entry.blob_id)
             self._unsaved.append((pack_id, records))
-            self._unsaved_blobs += len(entries)
-            write_index = len(self._unsaved) >= INDEX_EVERY_PACKS or self._unsaved_blobs >= INDEX_MAX_BLOBS
+            write_index = (len(self._unsaved) >= INDEX_EVERY_PACKS
+                           or sum(len(r) for _, r in self._unsaved) >= INDEX_MAX_BLOBS * index_mod.RECORD.size)
         self._tell_listener()
         if write_index:
             self._write_index()
 
     def _write_index(self) -> None:
         with self._mutex:
-            unsaved, self._unsaved, self._unsaved_blobs = self._unsaved, [], 0
+            unsaved, self._unsaved = self._unsaved, []
         if unsaved:
             self._store_index(unsaved)
             self._tell_listener()
